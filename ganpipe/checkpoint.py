@@ -1,0 +1,44 @@
+"""Checkpoints: one self-describing dict of state_dicts, written to a temp file and renamed.
+
+Never pickled modules: loading uses `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ganpipe.errors import DataError
+from ganpipe.io import atomic_path
+from ganpipe.models import build_generator
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such checkpoint; run `ganpipe train` first") from None
+    except Exception as exc:  # corrupt or foreign file: one clear line, not a traceback
+        raise DataError(f"{path}: not a readable ganpipe checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: not a ganpipe checkpoint of format version {FORMAT_VERSION}")
+    return ckpt
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The EMA generator of a checkpoint, in eval mode, and its config."""
+    ckpt = load_checkpoint(path)
+    config = ckpt["generator_config"]
+    G = build_generator(config)
+    G.load_state_dict(ckpt["G_ema"])
+    return G.to(device).eval().requires_grad_(False), config

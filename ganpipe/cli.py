@@ -1,0 +1,135 @@
+"""`ganpipe` command line: thin wrappers around the stage functions.
+
+User errors print one line on stderr and exit 2; anything else keeps its traceback.
+Hyperparameters live in params.yaml only (use `dvc exp run -S key=value` to vary them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ganpipe.errors import GanpipeError
+from ganpipe.paths import layout
+
+
+def _params(args):
+    from ganpipe.params import load_params
+
+    return load_params(args.params or args.layout.params_path)
+
+
+def cmd_prepare(args) -> None:
+    from ganpipe.data import prepare
+
+    m = prepare(_params(args).data, args.layout.prepared_dir)
+    print(f"prepared {m['source']}: {m['counts']['train']['images']} train / {m['counts']['test']['images']} test "
+          f"images at {m['resolution']}px, sha256 {m['sha256'][:12]}")
+
+
+def cmd_ref_stats(args) -> None:
+    from ganpipe.features import build_extractor
+    from ganpipe.evaluate import auto_device
+    from ganpipe.refstats import compute_ref_stats
+
+    p = _params(args).eval
+    ref = compute_ref_stats(build_extractor(p, auto_device()), p.num_real, p.batch_size,
+                            args.layout.prepared_dir, args.layout.ref_stats_path)
+    print(f"reference statistics: {ref.key['num_real']} images, {ref.key['extractor']} "
+          f"(weights {ref.key['weights_sha256'][:12]})")
+
+
+def cmd_train(args) -> None:
+    from ganpipe.train import train
+
+    info = train(_params(args), args.layout.prepared_dir, args.layout.models_dir, args.layout.root)
+    print(f"trained {info['kimg']:g} kimg on {info['device']} in {info['seconds']:.0f}s "
+          f"({info['images_per_second']:.0f} img/s); MLflow run {info['mlflow_run_id']}")
+
+
+def cmd_evaluate(args) -> None:
+    from ganpipe.evaluate import evaluate
+
+    lay = args.layout
+    r = evaluate(_params(args).eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path,
+                 lay.root)
+    print("  ".join(f"{k}={v:.6g}" for k, v in r.items() if isinstance(v, float)) + f"  (protocol {r['fingerprint']})")
+
+
+def cmd_register(args) -> None:
+    from ganpipe.registry import register
+
+    p = _params(args)
+    r = register(p.registry, p.eval, args.layout)
+    state = f"now {r['alias']}" if r["promoted"] else f"{r['alias']} stays v{r['champion']}"
+    print(f"registered {r['model_name']} v{r['version']}: {state} ({r['reason']})")
+
+
+def cmd_run(args) -> None:
+    from flows.training_pipeline import training_pipeline
+
+    training_pipeline(project_dir=str(args.layout.root))
+
+
+def cmd_generate(args) -> None:
+    from ganpipe.generate import generate
+
+    out = generate(args.model, args.n, args.seed, args.out, args.layout.root)
+    print(f"wrote {args.n} images (seeds {args.seed}..{args.seed + args.n - 1}) from {args.model} to {out}")
+
+
+def cmd_ui(args) -> None:
+    from ganpipe.tracking import tracking_uri
+
+    cmd = ["mlflow", "ui", "--backend-store-uri", tracking_uri(args.layout.root), "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    print(" ".join(cmd), flush=True)
+    os.execvp(cmd[0], cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ganpipe", description=__doc__.splitlines()[0])
+    ap.add_argument("-C", "--project-dir", default=".", help="project directory (default: .)")
+    ap.add_argument("--params", default=None, help="params file (default: <project>/params.yaml)")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stages = [("prepare", cmd_prepare, "prepare the dataset into data/prepared"),
+              ("ref-stats", cmd_ref_stats, "features and statistics of the real reference set"),
+              ("train", cmd_train, "train the GAN (tracked in MLflow)"),
+              ("evaluate", cmd_evaluate, "score the EMA generator (FID, KID)"),
+              ("register", cmd_register, "register the generator and apply the promotion rule"),
+              ("run", cmd_run, "run the whole pipeline through the Prefect flow")]
+    for name, fn, help_ in stages:
+        sub.add_parser(name, help=help_).set_defaults(fn=fn)
+    g = sub.add_parser("generate", help="write a grid of generated images")
+    g.add_argument("--model", default="models:/ganpipe-generator@champion",
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path")
+    g.add_argument("-n", type=int, default=64, help="number of images")
+    g.add_argument("--seed", type=int, default=0, help="image i uses latent seed SEED+i")
+    g.add_argument("--out", default="samples.png", help="output PNG")
+    g.set_defaults(fn=cmd_generate)
+    u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(fn=cmd_ui)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ganpipe.tracking import quiet_telemetry
+
+    args = build_parser().parse_args(argv)
+    args.layout = layout(args.project_dir)
+    if args.command == "generate" and args.n < 1:
+        print("ganpipe: error: -n must be at least 1", file=sys.stderr)
+        return 2
+    quiet_telemetry()
+    try:
+        args.fn(args)
+    except GanpipeError as exc:
+        print(f"ganpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ganpipe: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,95 @@
+"""Feature extractors: one pass over an image set gives the features every metric uses.
+
+`inception`: the TF-compatible InceptionV3 pool3 features (2048-d) that FID and KID are defined on.
+`tiny`: a small fixed-seed random conv net (64-d) for tests and smoke runs only; its scores are not
+comparable with published numbers, and the protocol fingerprint says which extractor produced them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganpipe.inception import load_inception, resolve_weights
+from ganpipe.params import EvalParams
+
+TINY_SEED = 1234
+
+
+@dataclass
+class Extractor:
+    name: str
+    net: nn.Module
+    weights_sha256: str
+    weights_source: str
+    resize: str
+    dim: int
+    has_head: bool = False
+
+    @torch.no_grad()
+    def extract(self, images: np.ndarray | torch.Tensor, batch_size: int) -> np.ndarray:
+        """uint8 [N, C, H, W] (C = 1 or 3) -> float32 [N, dim]; batches do not change the result."""
+        device = next(self.net.parameters()).device
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for i in range(0, len(images), batch_size):
+            x = torch.as_tensor(np.asarray(images[i:i + batch_size])).to(device)
+            if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
+                raise ValueError(f"extractor needs uint8 [N, 1|3, H, W], got {x.dtype} {tuple(x.shape)}")
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            out[i:i + len(x)] = self._forward(x).float().cpu().numpy()
+        return out
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return y[0] if isinstance(y, tuple) else y
+
+    def fingerprint(self) -> dict:
+        return {"extractor": self.name, "weights_sha256": self.weights_sha256, "resize": self.resize}
+
+
+class TinyFeatures(nn.Module):
+    """Three strided convs and global average pooling on 32x32 inputs: fast, deterministic, 64-d."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(TINY_SEED)
+        self.convs = nn.ModuleList([nn.Conv2d(3, 16, 3, 2, 1), nn.Conv2d(16, 32, 3, 2, 1), nn.Conv2d(32, 64, 3, 2, 1)])
+        with torch.no_grad():
+            for conv in self.convs:
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                conv.bias.zero_()
+        self.requires_grad_(False).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - 128) / 128
+        if x.shape[-2:] != (32, 32):
+            x = nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return x.mean(dim=(2, 3))
+
+
+def _state_sha256(net: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, t in net.state_dict().items():
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_extractor(p: EvalParams, device: torch.device | str = "cpu") -> Extractor:
+    """The extractor named by `eval.extractor`, on `device`."""
+    if p.extractor == "tiny":
+        net = TinyFeatures()
+        return Extractor("tiny-random-conv", net.to(device), _state_sha256(net), "builtin", "bilinear-antialias-32",
+                         dim=64)
+    weights = resolve_weights(p.inception_weights)
+    net = load_inception(weights, ["2048"]).to(device)
+    return Extractor("inception-v3-tf-2015-12-05", net, weights.sha256, weights.source, "tf1-bilinear-299",
+                     dim=2048, has_head=weights.has_head)

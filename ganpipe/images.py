@@ -1,0 +1,34 @@
+"""Image grids and PNG writing shared by training snapshots and generation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ganpipe.io import atomic_path
+
+
+def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> Image.Image:
+    """uint8 [N, C, H, W] (C = 1 or 3) -> one PIL image, row-major, `pad` pixels of black between."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"grid needs uint8 [N, 1|3, H, W], got {images.dtype} {images.shape}")
+    n, c, h, w = images.shape
+    cols = cols or max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    canvas = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        canvas[y:y + h, x:x + w] = images[i].transpose(1, 2, 0)
+    return Image.fromarray(canvas[:, :, 0] if c == 1 else canvas, "L" if c == 1 else "RGB")
+
+
+def save_png(img: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically."""
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)

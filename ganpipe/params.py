@@ -1,0 +1,150 @@
+"""Typed, strict view of params.yaml: the single source of types; params.yaml is the source of values.
+
+Unknown keys, missing keys, wrong types and out-of-range values raise `ConfigError` naming the key
+path, the value and what is allowed (DVC's `-S` happily adds misspelt keys; this is what catches them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ganpipe.errors import ConfigError
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BaseParams(_Section):
+    seed: int = Field(ge=0, description="seed for model init and training randomness")
+    device: str = Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    experiment: str = Field(min_length=1, description="MLflow experiment name")
+
+
+class DataParams(_Section):
+    source: Literal["digits"]
+    resolution: int = Field(ge=8, le=1024)
+    channels: Literal[1, 3]
+    test_fraction: float = Field(gt=0.0, lt=1.0)
+    split_seed: int = Field(ge=0)
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError("must be a power of two between 8 and 1024")
+        return v
+
+
+class ModelParams(_Section):
+    arch: Literal["dcgan"]
+    z_dim: int = Field(ge=1, le=4096)
+    g_channels: int = Field(ge=1, le=2048)
+    d_channels: int = Field(ge=1, le=2048)
+
+
+class TrainParams(_Section):
+    loss: Literal["nonsaturating"]
+    batch_size: int = Field(ge=1, le=65536)
+    total_kimg: float = Field(gt=0)
+    snapshot_kimg: float = Field(gt=0)
+    lr: float = Field(gt=0, le=1)
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    ema_kimg: float = Field(ge=0, description="half-life of the EMA generator in kimg; 0 disables")
+    log_every_steps: int = Field(ge=1)
+    grid_size: int = Field(ge=1, le=256)
+
+
+class EvalParams(_Section):
+    extractor: Literal["inception", "tiny"]
+    inception_weights: str | None = Field(description="local path to torch-fidelity Inception weights")
+    metrics: list[Literal["fid", "kid"]] = Field(min_length=1)
+    num_real: int = Field(ge=2)
+    num_fake: int = Field(ge=2)
+    batch_size: int = Field(ge=1)
+    seed: int = Field(ge=0, description="first latent seed of the generated evaluation set")
+    kid_subset_size: int = Field(ge=2)
+    kid_subsets: int = Field(ge=1)
+
+
+class RegistryParams(_Section):
+    model_name: str = Field(min_length=1)
+    alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    primary_metric: Literal["fid", "kid"]
+
+
+class Params(_Section):
+    base: BaseParams
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    eval: EvalParams
+    registry: RegistryParams
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 of the canonical JSON of the named sections (all when none are named)."""
+        names = sections or tuple(type(self).model_fields)
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in names}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def flat(self, *sections: str) -> dict[str, Any]:
+        """`section.key -> value` for logging as MLflow params."""
+        out: dict[str, Any] = {}
+        for name in sections or tuple(type(self).model_fields):
+            for key, value in getattr(self, name).model_dump(mode="json").items():
+                out[f"{name}.{key}"] = value
+        return out
+
+
+def _allowed(model: type[BaseModel], loc: tuple) -> str:
+    """Names allowed at `loc` (the parent of an unknown key)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        model = field.annotation
+    return ", ".join(model.model_fields)
+
+
+def _describe(err: dict, source: str) -> str:
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "missing":
+        return f"{source}: missing key '{path}'"
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{path}' (allowed: {_allowed(Params, loc[:-1])})"
+    return f"{source}: {path} = {err.get('input')!r}: {err['msg'].lower()}"
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-loaded mapping; raise ConfigError describing every problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(e, source) for e in exc.errors())) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,138 @@
+"""The `register` stage and the only module that talks to the MLflow model registry.
+
+Logs the EMA generator as a pickle-free pyfunc to the training run, registers it, tags the version
+(data sha256, params hash, git commit, metrics, protocol fingerprint) and moves the alias when the
+promotion rule says so. A champion scored under another protocol is re-scored under the current one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+import ganpipe
+from ganpipe import tracking
+from ganpipe.checkpoint import load_checkpoint
+from ganpipe.evaluate import auto_device, score_generator
+from ganpipe.features import build_extractor
+from ganpipe.io import read_json, write_json
+from ganpipe.params import EvalParams, RegistryParams, parse_params
+from ganpipe.paths import Layout
+from ganpipe.promotion import decide
+from ganpipe.refstats import load_ref_stats
+
+PACKAGE_DIR = Path(ganpipe.__file__).parent
+ENTRY = PACKAGE_DIR / "pyfunc_entry.py"
+SHIPPED_MODULES = ("__init__.py", "models.py", "serving.py")  # what the model needs to load anywhere
+ARTIFACT_NAME = "generator"
+
+
+def _signature(config: dict) -> ModelSignature:
+    shape = (-1, config["resolution"], config["resolution"], config["channels"])
+    return ModelSignature(inputs=Schema([ColSpec("long", "seed")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]))
+
+
+def log_generator(G_ema_state: dict, config: dict, model_name: str) -> tuple[str, str]:
+    """Log the generator to the active run and register it; returns (version, model_uri)."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        save_file({k: v.contiguous() for k, v in G_ema_state.items()}, d / "generator.safetensors")
+        (d / "config.json").write_text(json.dumps(config, indent=2))
+        code = d / "code" / "ganpipe"
+        code.mkdir(parents=True)
+        for name in SHIPPED_MODULES:
+            shutil.copy(PACKAGE_DIR / name, code / name)
+        info = mlflow.pyfunc.log_model(
+            name=ARTIFACT_NAME, python_model=str(ENTRY),
+            artifacts={"weights": str(d / "generator.safetensors"), "config": str(d / "config.json")},
+            code_paths=[str(code)], signature=_signature(config),
+            input_example=pd.DataFrame({"seed": [0, 1]}),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                              "safetensors", "numpy", "pandas"],
+            registered_model_name=model_name)
+    return str(info.registered_model_version), f"models:/{model_name}/{info.registered_model_version}"
+
+
+def current_holder(client: MlflowClient, name: str, alias: str):
+    """The model version holding `alias`, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def load_registered_generator(model_uri: str) -> torch.nn.Module:
+    """The generator inside a registered pyfunc model."""
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().G
+
+
+def champion_scores(client: MlflowClient, holder, metric_names: list[str], fp: str, p: EvalParams,
+                    ref_stats_path: Path, name: str) -> dict[str, float]:
+    """The champion's scores under fingerprint `fp`, re-scoring (and caching as tags) when missing."""
+    tags = holder.tags
+    if tags.get("eval.fingerprint") == fp:
+        return {m: float(tags[f"metric.{m}"]) for m in metric_names if f"metric.{m}" in tags}
+    cached = {m: float(tags[f"rescore.{fp}.{m}"]) for m in metric_names if f"rescore.{fp}.{m}" in tags}
+    if len(cached) == len(metric_names):
+        return cached
+    print(f"champion v{holder.version} was scored under protocol {tags.get('eval.fingerprint')}; "
+          f"re-scoring it under {fp}")
+    device = auto_device()
+    G = load_registered_generator(f"models:/{name}/{holder.version}").to(device)
+    scores = score_generator(G, build_extractor(p, device), load_ref_stats(ref_stats_path), p)
+    for m, v in scores.items():
+        client.set_model_version_tag(name, holder.version, f"rescore.{fp}.{m}", str(v))
+    return scores
+
+
+def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
+    """Register the trained generator and apply the promotion rule; write `registration.json`."""
+    info = read_json(layout.run_info_path, "`ganpipe train`")
+    metrics = read_json(layout.metrics_path, "`ganpipe evaluate`")
+    ckpt = load_checkpoint(layout.checkpoint_path)
+    train_params = parse_params(ckpt["params"], "checkpoint params")
+    names = list(ep.metrics)
+    candidate = {m: float(metrics[m]) for m in names}
+    fp = metrics["fingerprint"]
+
+    tracking.configure(layout.root)
+    client = MlflowClient()
+    with mlflow.start_run(run_id=info["mlflow_run_id"]):
+        version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name)
+    tags = {"data_sha256": info["data_sha256"], "params_hash": train_params.section_hash(),
+            "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
+            "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in candidate.items()}}
+    for k, v in tags.items():
+        client.set_model_version_tag(rp.model_name, version, k, v)
+
+    holder = current_holder(client, rp.model_name, rp.alias)
+    previous = None if holder is None else str(holder.version)
+    champ = None
+    if holder is not None and previous != version:
+        champ = champion_scores(client, holder, names, fp, ep, layout.ref_stats_path, rp.model_name)
+    decision = decide(candidate, champ, rp.primary_metric)
+    if decision.promote:
+        client.set_registered_model_alias(rp.model_name, rp.alias, version)
+    client.set_model_version_tag(rp.model_name, version, "gate.decision", "promoted" if decision.promote else "rejected")
+    client.set_model_version_tag(rp.model_name, version, "gate.reason", decision.reason)
+
+    result = {"model_name": rp.model_name, "version": version, "model_uri": uri, "alias": rp.alias,
+              "promoted": decision.promote, "reason": decision.reason, "previous_champion": previous,
+              "champion": version if decision.promote else previous, "metrics": candidate,
+              "champion_metrics": champ, "fingerprint": fp}
+    write_json(layout.registration_path, result)
+    return result

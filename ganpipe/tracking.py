@@ -1,0 +1,81 @@
+"""MLflow tracking set-up: where runs go and how stages attach to the training run.
+
+Default store: `sqlite:///<project>/mlflow.db` with artifacts under `<project>/mlartifacts`;
+`MLFLOW_TRACKING_URI` overrides. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+# MLflow limits one log_batch call to 1000 metrics.
+_BATCH = 1000
+
+
+def quiet_telemetry() -> None:
+    """Opt out of usage telemetry of the tools we drive, so nothing waits on the network."""
+    for key in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        os.environ.setdefault(key, "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def tracking_uri(root: str | Path) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def configure(root: str | Path) -> str:
+    """Point MLflow (tracking and registry) at the project's store; return the URI."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_id(name: str, root: str | Path) -> str:
+    """Get or create the experiment; new ones keep artifacts in `<project>/mlartifacts` for local stores."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri(root).startswith("sqlite:"):
+        location = (Path(root).resolve() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_metric_series(run_id: str, series: list[tuple[str, float, int]]) -> None:
+    """Log (key, value, step) triples in as few calls as MLflow allows."""
+    client = MlflowClient()
+    import time
+
+    ts = int(time.time() * 1000)
+    metrics = [Metric(key, float(v), ts, int(step)) for key, v, step in series]
+    for i in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + _BATCH], synchronous=True)
+
+
+def git_commit(root: str | Path) -> str:
+    """HEAD commit of the project repo, with '-dirty' when tracked files changed; 'unknown' outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
