@@ -70,7 +70,9 @@ def cmd_register(args) -> None:
 def cmd_run(args) -> None:
     from flows.training_pipeline import training_pipeline
 
-    training_pipeline(project_dir=str(args.layout.root))
+    r = training_pipeline(project_dir=str(args.layout.root))
+    print(f"champion: models:/{r['model_name']}@{r['alias']} = v{r['champion']}; "
+          f"this run registered v{r['version']} ({'promoted' if r['promoted'] else 'not promoted'})")
 
 
 def cmd_generate(args) -> None:

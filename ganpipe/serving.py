@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from ganpipe.models import build_generator, sample
 
@@ -26,7 +27,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         G.load_state_dict(load_file(context.artifacts["weights"]))
         self.G = G.eval().requires_grad_(False)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         seeds = [int(s) for s in np.asarray(model_input["seed"]).ravel()]
         if len(seeds) > MAX_IMAGES:
             raise ValueError(f"at most {MAX_IMAGES} images per call, got {len(seeds)}")

@@ -68,7 +68,7 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, root: s
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
 
-    x_all = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8; small datasets fit
+    x_all = torch.from_numpy(np.array(images)).to(device)  # uint8 copy of the memmap; small datasets fit
     config = generator_config(mp.model_dump(), manifest["channels"], manifest["resolution"])
     G = build_generator(config).to(device)
     D = build_discriminator(mp.arch, config["channels"], config["resolution"], mp.d_channels).to(device)
