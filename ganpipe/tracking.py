@@ -30,11 +30,22 @@ def tracking_uri(root: str | Path) -> str:
     return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def configure(root: str | Path) -> str:
     """Point MLflow (tracking and registry) at the project's store; return the URI."""
     uri = tracking_uri(root)
+    before = {k: os.environ.get(k) for k in _URI_VARS}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow also exports the URIs to os.environ; undo that, or the next project's store (or a
+    # child process) would mistake this one for the user's MLFLOW_TRACKING_URI override.
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     return uri
 
 

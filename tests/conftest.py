@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny params, throwaway projects (git + DVC) and one Prefect test harness."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds on 2 CPU cores; same structure as the shipped params.yaml.
+TINY_OVERRIDES = {
+    "data": {"resolution": 16},
+    "model": {"z_dim": 16, "g_channels": 8, "d_channels": 8},
+    "train": {"batch_size": 32, "total_kimg": 0.256, "snapshot_kimg": 0.128, "log_every_steps": 2,
+              "grid_size": 16},
+    "eval": {"extractor": "tiny", "num_real": 120, "num_fake": 100, "batch_size": 40, "kid_subset_size": 50,
+             "kid_subsets": 5},
+}
+
+
+def shipped_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params_dict(**section_overrides: dict) -> dict:
+    raw = shipped_params()
+    for section, values in {**TINY_OVERRIDES}.items():
+        raw[section].update(values)
+    for section, values in section_overrides.items():
+        raw[section].update(values)
+    return raw
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_env():
+    os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1",
+                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # Stage commands run as `ganpipe ...` from DVC: resolve them in this interpreter's environment.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    yield
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    return copy.deepcopy(tiny_params_dict())
+
+
+@pytest.fixture
+def tiny(tiny_raw):
+    from ganpipe.params import parse_params
+
+    return parse_params(tiny_raw)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_project(root: Path, raw_params: dict) -> Path:
+    """A fresh git + DVC project with this repo's stage graph and code, and the given params."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "ganpipe", root / "ganpipe", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
+    run(["git", "init", "-q", "-b", "main"], root)
+    run([sys.executable, "-m", "dvc", "init", "-q"], root)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
+    run(git + ["add", "-A"], root)
+    run(git + ["commit", "-q", "-m", "init"], root)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, tiny_raw) -> Path:
+    return make_project(tmp_path / "project", tiny_raw)
+
+
+def build_trained(root: Path):
+    """Prepare, reference statistics and a tiny training run in-process; returns (params, layout)."""
+    from ganpipe.data import prepare
+    from ganpipe.features import build_extractor
+    from ganpipe.params import parse_params
+    from ganpipe.paths import layout
+    from ganpipe.refstats import compute_ref_stats
+    from ganpipe.train import train
+
+    p = parse_params(tiny_params_dict())
+    lay = layout(root)
+    prepare(p.data, lay.prepared_dir)
+    compute_ref_stats(build_extractor(p.eval), p.eval.num_real, p.eval.batch_size, lay.prepared_dir,
+                      lay.ref_stats_path)
+    train(p, lay.prepared_dir, lay.models_dir, lay.root)
+    return p, lay
+
+
+@pytest.fixture(scope="module")
+def trained_project(tmp_path_factory):
+    return build_trained(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,60 @@
+"""DVC owns the stage graph: exact deps/params/outs, and `dvc repro` re-runs only what changed."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import yaml
+
+from ganpipe import train as train_stage
+from ganpipe.paths import layout
+from tests.conftest import REPO, run
+
+STAGES = ["prepare", "ref-stats", "train", "evaluate", "register"]
+
+
+def _dvc_yaml() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def test_stage_graph_matches_the_code_layout():
+    stages = _dvc_yaml()
+    assert list(stages) == STAGES
+    lay = layout(REPO)
+    rel = lambda p: str(p.relative_to(lay.root))  # noqa: E731
+    assert stages["prepare"]["outs"] == [rel(lay.prepared_dir)]
+    assert stages["ref-stats"]["outs"] == [rel(lay.ref_stats_path)]
+    assert stages["train"]["outs"] == [rel(lay.models_dir)]
+    assert stages["evaluate"]["metrics"] == [rel(lay.metrics_path)]
+    assert stages["register"]["outs"] == [rel(lay.registration_path)]
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"ganpipe {name}"
+        outs = {o for st in stages.values() for o in st.get("outs", []) + st.get("metrics", [])}
+        for dep in stage["deps"]:
+            assert dep in outs or (REPO / dep).is_file(), f"{name}: dependency {dep} is neither code nor an output"
+    assert stages["train"]["params"] == list(train_stage.SECTIONS)
+
+
+def _ran(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def test_repro_twice_reruns_nothing_and_a_train_param_reruns_only_downstream(project):
+    dvc = [sys.executable, "-m", "dvc"]
+    first = run(dvc + ["repro"], project)
+    assert _ran(first.stdout) == STAGES
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(STAGES)
+
+    second = run(dvc + ["repro"], project)
+    assert _ran(second.stdout) == []
+    assert "Data and pipelines are up to date" in second.stdout
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run(dvc + ["repro"], project)
+    assert _ran(third.stdout) == ["train", "evaluate", "register"]
+    assert "Stage 'prepare' didn't change" in third.stdout and "Stage 'ref-stats' didn't change" in third.stdout
+    assert "Data and pipelines are up to date" in run(dvc + ["status"], project).stdout

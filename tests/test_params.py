@@ -1,0 +1,107 @@
+"""Strict params: each kind of bad value is named with its key path, value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ganpipe.errors import ConfigError
+from ganpipe.params import load_params, parse_params
+from tests.conftest import REPO, shipped_params
+
+
+def test_shipped_params_load_and_cover_every_stage_section():
+    p = load_params(REPO / "params.yaml")
+    assert set(type(p).model_fields) == {"base", "data", "model", "train", "eval", "registry"}
+    assert p.data.source == "digits" and p.registry.alias == "champion"
+
+
+def _error(raw) -> str:
+    with pytest.raises(ConfigError) as exc:
+        parse_params(raw, "params.yaml")
+    return str(exc.value)
+
+
+def test_unknown_key_names_path_and_allowed_keys():
+    raw = shipped_params()
+    raw["train"]["lrr"] = 0.1
+    msg = _error(raw)
+    assert "unknown key 'train.lrr'" in msg
+    assert "lr" in msg.split("allowed:")[1] and "batch_size" in msg
+
+
+def test_unknown_section_is_rejected():
+    raw = shipped_params()
+    raw["trian"] = {"lr": 0.1}
+    assert "unknown key 'trian'" in _error(raw)
+
+
+def test_missing_key_is_named():
+    raw = shipped_params()
+    del raw["eval"]["num_fake"]
+    assert "missing key 'eval.num_fake'" in _error(raw)
+
+
+@pytest.mark.parametrize("section,key,value,expect", [
+    ("train", "lr", "fast", "train.lr = 'fast'"),
+    ("train", "batch_size", 64.5, "train.batch_size = 64.5"),
+    ("train", "batch_size", True, "train.batch_size = True"),   # YAML `yes` is not a batch size
+    ("base", "seed", "0", "base.seed = '0'"),                   # strings are not coerced to ints
+    ("eval", "metrics", ["fid", "isc"], "eval.metrics.1 = 'isc'"),
+])
+def test_wrong_type_names_key_and_value(section, key, value, expect):
+    raw = shipped_params()
+    raw[section][key] = value
+    assert expect in _error(raw)
+
+
+@pytest.mark.parametrize("section,key,value,allowed", [
+    ("train", "lr", -0.1, "greater than 0"),
+    ("data", "resolution", 48, "power of two"),
+    ("data", "resolution", 4, "greater than or equal to 8"),
+    ("data", "test_fraction", 1.0, "less than 1"),
+    ("base", "device", "gpu", "should match pattern"),
+    ("model", "arch", "stylegan9", "'dcgan'"),
+])
+def test_out_of_range_says_what_is_allowed(section, key, value, allowed):
+    raw = shipped_params()
+    raw[section][key] = value
+    msg = _error(raw)
+    assert f"{section}.{key} = {value!r}" in msg and allowed in msg
+
+
+def test_every_problem_is_reported_at_once():
+    raw = shipped_params()
+    raw["train"]["lr"] = -1.0
+    del raw["eval"]["seed"]
+    msg = _error(raw)
+    assert "train.lr" in msg and "eval.seed" in msg
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    assert "expected a mapping" in _error(["base"])
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate"])
+def test_cli_prints_one_line_and_exits_2(tmp_path, command):
+    raw = shipped_params()
+    raw["train"]["lr"] = "fast"
+    raw["data"]["resolution"] = 48
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(tmp_path), command],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ganpipe: error: ") and "Traceback" not in proc.stderr
+    assert "train.lr = 'fast'" in lines[0] and "data.resolution = 48" in lines[0]

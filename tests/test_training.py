@@ -1,0 +1,86 @@
+"""A few training steps on CPU: checkpoint, run info, MLflow run with params, losses and grids."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ganpipe.checkpoint import load_checkpoint, load_generator
+from ganpipe.data import prepare
+from ganpipe.errors import ConfigError, DataError
+from ganpipe.models import sample
+from ganpipe.paths import layout
+from ganpipe.train import resolve_device, train
+
+
+@pytest.fixture
+def trained(tmp_path, tiny):
+    lay = layout(tmp_path)
+    prepare(tiny.data, lay.prepared_dir)
+    info = train(tiny, lay.prepared_dir, lay.models_dir, lay.root)
+    return lay, info
+
+
+def test_training_writes_a_loadable_checkpoint(trained, tiny):
+    lay, info = trained
+    ckpt = load_checkpoint(lay.checkpoint_path)  # weights_only=True inside
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "nimg", "generator_config", "params"} <= ckpt.keys()
+    assert ckpt["nimg"] >= tiny.train.total_kimg * 1000
+    G, config = load_generator(lay.checkpoint_path)
+    x = sample(G, [0, 1, 2])
+    assert x.shape == (3, config["channels"], config["resolution"], config["resolution"])
+    # EMA generator differs from the raw one (it averages), and training moved the weights
+    assert any(not torch.equal(ckpt["G"][k], ckpt["G_ema"][k]) for k in ckpt["G"] if k.endswith("weight"))
+    assert info["kimg"] == ckpt["nimg"] / 1000
+
+
+def test_snapshots_log_lines_and_grids(trained, tiny):
+    lay, info = trained
+    lines = [json.loads(s) for s in (lay.models_dir / "log.jsonl").read_text().splitlines()]
+    assert len(lines) == 2  # 0.256 kimg with a snapshot every 0.128 kimg
+    assert [round(x["kimg"], 3) for x in lines] == [0.128, 0.256]
+    assert all("loss_G" in x and "loss_D" in x for x in lines)
+    assert (lay.models_dir / "samples.png").stat().st_size > 0
+
+
+def test_mlflow_run_has_params_losses_and_paged_sample_grids(trained, tiny):
+    lay, info = trained
+    mlflow.set_tracking_uri(f"sqlite:///{lay.root / 'mlflow.db'}")
+    client = MlflowClient()
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == str(tiny.train.lr)
+    assert run.data.params["data.sha256"] == info["data_sha256"]
+    history = client.get_metric_history(run.info.run_id, "loss_G")
+    steps = 0.256 * 1000 / tiny.train.batch_size // tiny.train.log_every_steps
+    assert len(history) == steps and len({m.step for m in history}) == len(history)
+    images = [f.path for f in client.list_artifacts(run.info.run_id, "images")]
+    assert len([p for p in images if p.endswith(".png")]) == 2, images  # one grid per snapshot
+
+
+def test_training_is_reproducible_for_a_seed(tmp_path, tiny):
+    lay = layout(tmp_path)
+    prepare(tiny.data, lay.prepared_dir)
+    train(tiny, lay.prepared_dir, tmp_path / "m1", lay.root)
+    train(tiny, lay.prepared_dir, tmp_path / "m2", lay.root)
+    a, b = load_checkpoint(tmp_path / "m1" / "checkpoint.pt"), load_checkpoint(tmp_path / "m2" / "checkpoint.pt")
+    assert all(torch.equal(a["G_ema"][k], b["G_ema"][k]) for k in a["G_ema"])
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, tiny):
+    with pytest.raises(DataError, match="run `ganpipe prepare` first"):
+        train(tiny, tmp_path / "missing", tmp_path / "models", tmp_path)
+    with pytest.raises(DataError, match="not found; run `ganpipe train` first|no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="not a readable ganpipe checkpoint"):
+        load_checkpoint(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "cuda")
