@@ -8,7 +8,7 @@ STAMP := $(VENV)/.ganpipe-installed
 
 # Telemetry off for every tool we drive (also set in .dvc/config and pyproject's [tool.prefect]).
 export MLFLOW_DISABLE_TELEMETRY := true
-export DO_NOT_TRACK := 1
+export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
 .PHONY: install run test clean-stores

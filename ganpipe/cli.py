@@ -78,8 +78,12 @@ def cmd_run(args) -> None:
 def cmd_generate(args) -> None:
     from ganpipe.generate import generate
 
-    out = generate(args.model, args.n, args.seed, args.out, args.layout.root)
-    print(f"wrote {args.n} images (seeds {args.seed}..{args.seed + args.n - 1}) from {args.model} to {out}")
+    model = args.model
+    if model is None:
+        reg = _params(args).registry
+        model = f"models:/{reg.model_name}@{reg.alias}"
+    out = generate(model, args.n, args.seed, args.out, args.layout.root)
+    print(f"wrote {args.n} images (seeds {args.seed}..{args.seed + args.n - 1}) from {model} to {out}")
 
 
 def cmd_ui(args) -> None:
@@ -105,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, help_ in stages:
         sub.add_parser(name, help=help_).set_defaults(fn=fn)
     g = sub.add_parser("generate", help="write a grid of generated images")
-    g.add_argument("--model", default="models:/ganpipe-generator@champion",
-                   help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path")
+    g.add_argument("--model", default=None,
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path "
+                        "(default: the registry's champion, from params.yaml)")
     g.add_argument("-n", type=int, default=64, help="number of images")
     g.add_argument("--seed", type=int, default=0, help="image i uses latent seed SEED+i")
     g.add_argument("--out", default="samples.png", help="output PNG")
