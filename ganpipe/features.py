@@ -90,6 +90,7 @@ def build_extractor(p: EvalParams, device: torch.device | str = "cpu") -> Extrac
         return Extractor("tiny-random-conv", net.to(device), _state_sha256(net), "builtin", "bilinear-antialias-32",
                          dim=64)
     weights = resolve_weights(p.inception_weights)
-    net = load_inception(weights, ["2048"]).to(device)
+    # channels_last: ~1.5x faster convolutions on CPU (features differ by ~1e-6 from NCHW order)
+    net = load_inception(weights, ["2048"]).to(device, memory_format=torch.channels_last)
     return Extractor("inception-v3-tf-2015-12-05", net, weights.sha256, weights.source, "tf1-bilinear-299",
                      dim=2048, has_head=weights.has_head)
