@@ -30,12 +30,12 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_ref_stats(args) -> None:
+    from ganpipe.device import resolve_device
     from ganpipe.features import build_extractor
-    from ganpipe.evaluate import auto_device
     from ganpipe.refstats import compute_ref_stats
 
     p = _params(args).eval
-    ref = compute_ref_stats(build_extractor(p, auto_device()), p.num_real, p.batch_size,
+    ref = compute_ref_stats(build_extractor(p, resolve_device()), p.num_real, p.batch_size,
                             args.layout.prepared_dir, args.layout.ref_stats_path)
     print(f"reference statistics: {ref.key['num_real']} images, {ref.key['extractor']} "
           f"(weights {ref.key['weights_sha256'][:12]})")

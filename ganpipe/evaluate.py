@@ -15,6 +15,7 @@ import torch
 
 from ganpipe import tracking
 from ganpipe.checkpoint import load_generator
+from ganpipe.device import resolve_device
 from ganpipe.errors import DataError
 from ganpipe.features import Extractor, build_extractor
 from ganpipe.io import read_json, write_json
@@ -22,10 +23,6 @@ from ganpipe.metrics import FeatureSet, compute
 from ganpipe.models import sample
 from ganpipe.params import EvalParams
 from ganpipe.refstats import RefStats, load_ref_stats
-
-
-def auto_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def protocol(p: EvalParams, ref: RefStats) -> dict:
@@ -60,7 +57,7 @@ def evaluate(p: EvalParams, checkpoint_path: str | Path, ref_stats_path: str | P
     """Score the checkpoint's EMA generator; write `metrics_path` and log to the training run."""
     ref = load_ref_stats(ref_stats_path)
     info = read_json(run_info_path, "`ganpipe train`")
-    device = auto_device()
+    device = resolve_device()
     G, _ = load_generator(checkpoint_path, device)
     extractor = build_extractor(p, device)
     scores = score_generator(G, extractor, ref, p)

@@ -24,7 +24,8 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 import ganpipe
 from ganpipe import tracking
 from ganpipe.checkpoint import load_checkpoint
-from ganpipe.evaluate import auto_device, score_generator
+from ganpipe.device import resolve_device
+from ganpipe.evaluate import score_generator
 from ganpipe.features import build_extractor
 from ganpipe.io import read_json, write_json
 from ganpipe.params import EvalParams, RegistryParams, parse_params
@@ -91,7 +92,7 @@ def champion_scores(client: MlflowClient, holder, metric_names: list[str], fp: s
         return cached
     print(f"champion v{holder.version} was scored under protocol {tags.get('eval.fingerprint')}; "
           f"re-scoring it under {fp}")
-    device = auto_device()
+    device = resolve_device()
     G = load_registered_generator(f"models:/{name}/{holder.version}").to(device)
     scores = score_generator(G, build_extractor(p, device), load_ref_stats(ref_stats_path), p)
     for m, v in scores.items():

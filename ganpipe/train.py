@@ -21,7 +21,8 @@ from tqdm import tqdm
 from ganpipe import tracking
 from ganpipe.checkpoint import save_checkpoint
 from ganpipe.data import load_split, read_manifest
-from ganpipe.errors import ConfigError, DataError
+from ganpipe.device import resolve_device
+from ganpipe.errors import DataError
 from ganpipe.images import grid, save_png
 from ganpipe.io import atomic_dir, write_json
 from ganpipe.models import build_discriminator, build_generator, generator_config, init_weights, sample
@@ -31,18 +32,14 @@ SECTIONS = ("base", "model", "train")  # what this stage reads; dvc.yaml lists t
 GRID_SEED0 = 10_000_000  # fixed-noise grid seeds, far from evaluation seeds
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present, else CPU; an explicit CUDA device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"base.device = {name!r}: CUDA is not available on this machine (use auto or cpu)")
-    return torch.device(name)
-
-
-def nonsaturating_losses(D, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """D loss of the non-saturating GAN (Goodfellow et al. 2014): softplus(D(fake)) + softplus(-D(real))."""
+def d_loss_nonsaturating(D, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss of the GAN game (Goodfellow et al. 2014): -log(1 - s(D(fake))) - log s(D(real))."""
     return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean()
+
+
+def g_loss_nonsaturating(D, fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: -log s(D(fake)), strong gradients early in training."""
+    return F.softplus(-D(fake)).mean()
 
 
 @torch.no_grad()
@@ -133,11 +130,11 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, root: s
                 pos += tp.batch_size
                 z = torch.randn(tp.batch_size, mp.z_dim, device=device)
                 fake = G(z)
-                loss_D = nonsaturating_losses(D, real, fake.detach())
+                loss_D = d_loss_nonsaturating(D, real, fake.detach())
                 opt_D.zero_grad(set_to_none=True)
                 loss_D.backward()
                 opt_D.step()
-                loss_G = F.softplus(-D(fake)).mean()
+                loss_G = g_loss_nonsaturating(D, fake)
                 opt_G.zero_grad(set_to_none=True)
                 loss_G.backward()
                 opt_G.step()

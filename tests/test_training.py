@@ -14,7 +14,8 @@ from ganpipe.data import prepare
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.models import sample
 from ganpipe.paths import layout
-from ganpipe.train import resolve_device, train
+from ganpipe.device import resolve_device
+from ganpipe.train import train
 
 
 @pytest.fixture
