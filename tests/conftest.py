@@ -88,6 +88,16 @@ def project(tmp_path, tiny_raw) -> Path:
     return make_project(tmp_path / "project", tiny_raw)
 
 
+def mlflow_client(root: Path):
+    """A client on a project's store that leaves MLflow's global tracking URI alone."""
+    from mlflow.tracking import MlflowClient
+
+    from ganpipe.tracking import tracking_uri
+
+    uri = tracking_uri(root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def build_trained(root: Path):
     """Prepare, reference statistics and a tiny training run in-process; returns (params, layout)."""
     from ganpipe.data import prepare
@@ -97,8 +107,10 @@ def build_trained(root: Path):
     from ganpipe.refstats import compute_ref_stats
     from ganpipe.train import train
 
-    p = parse_params(tiny_params_dict())
+    raw = tiny_params_dict()
+    p = parse_params(raw)
     lay = layout(root)
+    lay.params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     prepare(p.data, lay.prepared_dir)
     compute_ref_stats(build_extractor(p.eval), p.eval.num_real, p.eval.batch_size, lay.prepared_dir,
                       lay.ref_stats_path)

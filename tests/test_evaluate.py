@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from ganpipe.checkpoint import load_generator
 from ganpipe.errors import DataError
@@ -16,6 +14,7 @@ from ganpipe.features import build_extractor
 from ganpipe.metrics import frechet_distance
 from ganpipe.models import sample
 from ganpipe.refstats import load_ref_stats
+from tests.conftest import mlflow_client
 
 
 def _evaluate(p, lay, out=None):
@@ -32,8 +31,7 @@ def test_evaluate_writes_metrics_and_logs_them_to_the_training_run(trained_proje
     assert on_disk["protocol"]["num_fake"] == p.eval.num_fake
     assert on_disk["protocol"]["num_real"] == p.eval.num_real
     run_id = json.loads(lay.run_info_path.read_text())["mlflow_run_id"]
-    mlflow.set_tracking_uri(f"sqlite:///{lay.root / 'mlflow.db'}")
-    run = MlflowClient().get_run(run_id)
+    run = mlflow_client(lay.root).get_run(run_id)
     assert run.data.metrics["fid"] == pytest.approx(result["fid"])
     assert run.data.metrics["kid"] == pytest.approx(result["kid"])
     assert run.data.tags["eval.fingerprint"] == result["fingerprint"]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import sys
 
-import mlflow
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from ganpipe.errors import ConfigError
-from tests.conftest import run
+from tests.conftest import mlflow_client, run
 
 
 def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project, prefect_harness):
@@ -18,8 +16,8 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
 
     result = training_pipeline(project_dir=str(project))
     assert result["version"] == "1" and result["promoted"] and result["champion"] == "1"
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    holder = MlflowClient().get_model_version_by_alias(result["model_name"], result["alias"])
+    client = mlflow_client(project)
+    holder = client.get_model_version_by_alias(result["model_name"], result["alias"])
     assert str(holder.version) == "1"
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert set(lock) == {"prepare", "ref-stats", "train", "evaluate", "register"}
@@ -30,7 +28,7 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
     # a second flow run on unchanged inputs reproduces nothing and registers nothing new
     again = training_pipeline(project_dir=str(project))
     assert again["version"] == "1"
-    assert len(MlflowClient().search_model_versions(f"name='{result['model_name']}'")) == 1
+    assert len(client.search_model_versions(f"name='{result['model_name']}'")) == 1
 
 
 def test_bad_params_fail_the_flow_before_any_stage(project, prefect_harness):

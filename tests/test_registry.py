@@ -11,13 +11,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
+from ganpipe import tracking
 from ganpipe.checkpoint import load_generator
 from ganpipe.evaluate import evaluate
 from ganpipe.models import sample
 from ganpipe.promotion import decide
 from ganpipe.registry import register
+from tests.conftest import mlflow_client
 
 
 @pytest.mark.parametrize("candidate,champion,promote,words", [
@@ -48,8 +49,7 @@ def test_register_promote_reject_and_rescore(trained_project):
 
     r1 = register(p.registry, p.eval, lay)
     assert r1["promoted"] and r1["version"] == "1" and r1["previous_champion"] is None
-    mlflow.set_tracking_uri(f"sqlite:///{lay.root / 'mlflow.db'}")
-    client = MlflowClient()
+    client = mlflow_client(lay.root)
     assert str(client.get_model_version_by_alias(name, alias).version) == "1"
     tags = client.get_model_version(name, "1").tags
     run_info = json.loads(lay.run_info_path.read_text())
@@ -82,7 +82,7 @@ def test_champion_loads_without_pickle_and_generates_like_the_checkpoint(trained
     if not lay.registration_path.exists():
         evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
         register(p.registry, p.eval, lay)
-    mlflow.set_tracking_uri(f"sqlite:///{lay.root / 'mlflow.db'}")
+    tracking.configure(lay.root)
     uri = f"models:/{p.registry.model_name}@{p.registry.alias}"
     local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model"))
     files = [f.name for f in (tmp_path / "model").rglob("*") if f.is_file()]

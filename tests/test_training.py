@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from ganpipe.checkpoint import load_checkpoint, load_generator
 from ganpipe.data import prepare
@@ -16,6 +14,7 @@ from ganpipe.models import sample
 from ganpipe.paths import layout
 from ganpipe.device import resolve_device
 from ganpipe.train import train
+from tests.conftest import mlflow_client
 
 
 @pytest.fixture
@@ -50,8 +49,7 @@ def test_snapshots_log_lines_and_grids(trained, tiny):
 
 def test_mlflow_run_has_params_losses_and_paged_sample_grids(trained, tiny):
     lay, info = trained
-    mlflow.set_tracking_uri(f"sqlite:///{lay.root / 'mlflow.db'}")
-    client = MlflowClient()
+    client = mlflow_client(lay.root)
     run = client.get_run(info["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.lr"] == str(tiny.train.lr)
