@@ -38,7 +38,7 @@ def cmd_ref_stats(args) -> None:
     ref = compute_ref_stats(build_extractor(p, resolve_device()), p.num_real, p.batch_size,
                             args.layout.prepared_dir, args.layout.ref_stats_path)
     print(f"reference statistics: {ref.key['num_real']} images, {ref.key['extractor']} "
-          f"(weights {ref.key['weights_sha256'][:12]})")
+          f"(weights {ref.key['weights_sha256'][:12]}){' from the cache' if ref.from_cache else ''}")
 
 
 def cmd_train(args) -> None:
@@ -49,13 +49,47 @@ def cmd_train(args) -> None:
           f"({info['images_per_second']:.0f} img/s); MLflow run {info['mlflow_run_id']}")
 
 
-def cmd_evaluate(args) -> None:
-    from ganpipe.evaluate import evaluate
+def _print_result(r: dict) -> None:
+    from ganpipe.evaluate import scores_of
 
-    lay = args.layout
-    r = evaluate(_params(args).eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path,
-                 lay.root)
-    print("  ".join(f"{k}={v:.6g}" for k, v in r.items() if isinstance(v, float)) + f"  (protocol {r['fingerprint']})")
+    print("  ".join(f"{k}={v:.6g}" for k, v in scores_of(r).items()) + f"  (protocol {r['fingerprint']})")
+    for name, why in r.get("unavailable", {}).items():
+        print(f"{name}: unavailable ({why})")
+
+
+def cmd_evaluate(args) -> None:
+    from ganpipe import evaluate as ev
+
+    lay, p = args.layout, _params(args).eval
+    if args.model is None:
+        r = ev.evaluate(p, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
+    else:
+        from ganpipe import tracking
+        from ganpipe.device import resolve_device
+        from ganpipe.features import build_extractor
+        from ganpipe.io import write_json
+        from ganpipe.refstats import load_ref_stats
+        from ganpipe.registry import load_generator
+
+        tracking.configure(lay.root)
+        device = resolve_device()
+        r = ev.score_generator(load_generator(args.model, device), build_extractor(p, device),
+                               load_ref_stats(lay.ref_stats_path), p)
+        if args.out:
+            write_json(args.out, r)
+    _print_result(r)
+
+
+def cmd_compare(args) -> None:
+    from ganpipe import tracking
+    from ganpipe.compare import compare, load_result
+
+    tracking.configure(args.layout.root)
+    rows = compare(load_result(args.a), load_result(args.b))
+    print(f"{'metric':<14}{'a':>12}{'b':>12}{'b - a':>12}  better")
+    for r in rows:
+        arrow = "higher" if r["higher_is_better"] else "lower"
+        print(f"{r['metric']:<14}{r['a']:>12.6g}{r['b']:>12.6g}{r['diff']:>12.4g}  {r['better']} ({arrow} is better)")
 
 
 def cmd_register(args) -> None:
@@ -103,11 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     stages = [("prepare", cmd_prepare, "prepare the dataset into data/prepared"),
               ("ref-stats", cmd_ref_stats, "features and statistics of the real reference set"),
               ("train", cmd_train, "train the GAN (tracked in MLflow)"),
-              ("evaluate", cmd_evaluate, "score the EMA generator (FID, KID)"),
               ("register", cmd_register, "register the generator and apply the promotion rule"),
               ("run", cmd_run, "run the whole pipeline through the Prefect flow")]
     for name, fn, help_ in stages:
         sub.add_parser(name, help=help_).set_defaults(fn=fn)
+    e = sub.add_parser("evaluate", help="score the EMA generator (or --model) under the current protocol")
+    e.add_argument("--model", default=None,
+                   help="score this model instead of the pipeline's: models:/NAME@ALIAS, models:/NAME/VERSION, "
+                        "runs:/ID/generator or a checkpoint path (writes nothing unless --out)")
+    e.add_argument("--out", default=None, help="with --model: write the result JSON here")
+    e.set_defaults(fn=cmd_evaluate)
+    c = sub.add_parser("compare", help="compare two results; refuses different protocols")
+    c.add_argument("a", help="metrics JSON, models:/NAME/VERSION (or @ALIAS) or runs:/RUN_ID")
+    c.add_argument("b", help="the same kinds as A")
+    c.set_defaults(fn=cmd_compare)
     g = sub.add_parser("generate", help="write a grid of generated images")
     g.add_argument("--model", default=None,
                    help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path "

@@ -7,7 +7,6 @@ comparable with published numbers, and the protocol fingerprint says which extra
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from ganpipe.inception import load_inception, resolve_weights
+from ganpipe.models import state_sha256
 from ganpipe.params import EvalParams
 
 TINY_SEED = 1234
@@ -31,22 +31,28 @@ class Extractor:
     has_head: bool = False
 
     @torch.no_grad()
-    def extract(self, images: np.ndarray | torch.Tensor, batch_size: int) -> np.ndarray:
-        """uint8 [N, C, H, W] (C = 1 or 3) -> float32 [N, dim]; batches do not change the result."""
+    def extract_all(self, images: np.ndarray | torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pass: uint8 [N, C, H, W] (C = 1 or 3) -> float32 features [N, dim] and, when the network
+        has a classifier head, logits [N, classes]; batches do not change the result."""
         device = next(self.net.parameters()).device
-        out = np.empty((len(images), self.dim), dtype=np.float32)
+        feats = np.empty((len(images), self.dim), dtype=np.float32)
+        logits = []
         for i in range(0, len(images), batch_size):
             x = torch.as_tensor(np.asarray(images[i:i + batch_size])).to(device)
             if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
                 raise ValueError(f"extractor needs uint8 [N, 1|3, H, W], got {x.dtype} {tuple(x.shape)}")
             if x.shape[1] == 1:
                 x = x.expand(-1, 3, -1, -1)
-            out[i:i + len(x)] = self._forward(x).float().cpu().numpy()
-        return out
+            y = self.net(x)
+            y = y if isinstance(y, tuple) else (y,)
+            feats[i:i + len(x)] = y[0].float().cpu().numpy()
+            if self.has_head:
+                logits.append(y[1].float().cpu().numpy())
+        return feats, (np.concatenate(logits) if logits else None)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(x)
-        return y[0] if isinstance(y, tuple) else y
+    def extract(self, images: np.ndarray | torch.Tensor, batch_size: int) -> np.ndarray:
+        """Features only."""
+        return self.extract_all(images, batch_size)[0]
 
     def fingerprint(self) -> dict:
         return {"extractor": self.name, "weights_sha256": self.weights_sha256, "resize": self.resize}
@@ -75,22 +81,16 @@ class TinyFeatures(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def _state_sha256(net: nn.Module) -> str:
-    h = hashlib.sha256()
-    for key, t in net.state_dict().items():
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def build_extractor(p: EvalParams, device: torch.device | str = "cpu") -> Extractor:
     """The extractor named by `eval.extractor`, on `device`."""
     if p.extractor == "tiny":
         net = TinyFeatures()
-        return Extractor("tiny-random-conv", net.to(device), _state_sha256(net), "builtin", "bilinear-antialias-32",
+        return Extractor("tiny-random-conv", net.to(device), state_sha256(net), "builtin", "bilinear-antialias-32",
                          dim=64)
     weights = resolve_weights(p.inception_weights)
+    # "logits_unbiased" is what the Inception Score uses (torch-fidelity's convention)
+    outputs = ["2048", "logits_unbiased"] if weights.has_head else ["2048"]
     # channels_last: ~1.5x faster convolutions on CPU (features differ by ~1e-6 from NCHW order)
-    net = load_inception(weights, ["2048"]).to(device, memory_format=torch.channels_last)
+    net = load_inception(weights, outputs).to(device, memory_format=torch.channels_last)
     return Extractor("inception-v3-tf-2015-12-05", net, weights.sha256, weights.source, "tf1-bilinear-299",
                      dim=2048, has_head=weights.has_head)

@@ -8,33 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from ganpipe.errors import RegistryError
+from ganpipe import tracking
 from ganpipe.images import grid, save_png
+from ganpipe.models import sample
 
 
 def generate_images(model: str, n: int, seed: int, root: str | Path = ".") -> np.ndarray:
     """uint8 [N, C, H, W] images for seeds seed..seed+n-1."""
-    seeds = list(range(seed, seed + n))
-    if model.startswith(("models:/", "runs:/")):
-        import mlflow
-        from mlflow.exceptions import MlflowException
+    from ganpipe.registry import load_generator
 
-        from ganpipe import tracking
-
-        tracking.configure(root)
-        try:
-            pyfunc = mlflow.pyfunc.load_model(model)
-        except MlflowException as exc:
-            raise RegistryError(f"{model}: {exc.message.splitlines()[0]}") from None
-        out = pyfunc.predict(pd.DataFrame({"seed": seeds}))
-        return np.asarray(out).transpose(0, 3, 1, 2)
-    from ganpipe.checkpoint import load_generator
-    from ganpipe.models import sample
-
-    G, _ = load_generator(model)
-    return sample(G, seeds).numpy()
+    tracking.configure(root)
+    G = load_generator(model)
+    return sample(G, list(range(seed, seed + n))).numpy()
 
 
 def generate(model: str, n: int, seed: int, out: str | Path, root: str | Path = ".") -> Path:

@@ -11,7 +11,6 @@ Weights are resolved in this order, and the source and sha256 used are recorded 
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from ganpipe.cache import cache_dir
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import atomic_path
 
@@ -48,11 +48,6 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: $GANPIPE_CACHE_DIR, else ~/.cache/ganpipe."""
-    return Path(os.environ.get("GANPIPE_CACHE_DIR") or Path.home() / ".cache" / "ganpipe")
 
 
 def hub_weights_path() -> Path:

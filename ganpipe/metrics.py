@@ -1,7 +1,9 @@
-"""Metrics computed from features, and the one place that says which direction is better.
+"""The metric registry: named metrics over shared features, and the one place that says which
+direction is better (StyleGAN's `metric_main.py` is the model).
 
-A registry of named metric functions (StyleGAN's `metric_main.py` is the model). Every metric takes
-the same features of the real and generated sets, so features are extracted once per image set.
+Every metric takes the same `FeatureSet`s of the real and generated images, so each image set goes
+through the feature extractor once. Names are what `eval.metrics` selects; each metric reports one or
+more keys (`pr` reports `precision` and `recall`), and each key has a direction.
 """
 
 from __future__ import annotations
@@ -13,111 +15,124 @@ from dataclasses import dataclass
 import numpy as np
 
 from ganpipe.errors import ConfigError
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased) covariance of [N, D] features, in float64."""
-    f = np.asarray(features, dtype=np.float64)
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def _sqrt_psd(m: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2), in float64 without `sqrtm`.
-
-    tr((S1 S2)^1/2) equals the sum of square roots of the eigenvalues of the symmetric PSD matrix
-    S1^1/2 S2 S1^1/2; tiny negative eigenvalues from rounding are clamped to zero.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    r1 = _sqrt_psd(s1)
-    m = r1 @ s2 @ r1
-    eig = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
-    diff = mu1 - mu2
-    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean, 0.0))
-
-
-def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subset_size: int, subsets: int,
-                              seed: int = 0) -> tuple[float, float]:
-    """KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel, mean and std
-    over random subsets (as torch-fidelity and torchmetrics compute it)."""
-    real = np.asarray(real, np.float64)
-    fake = np.asarray(fake, np.float64)
-    m = min(subset_size, len(real), len(fake))
-    d = real.shape[1]
-    rng = np.random.default_rng(seed)
-    values = np.empty(subsets)
-    for i in range(subsets):
-        x = real[rng.choice(len(real), m, replace=False)]
-        y = fake[rng.choice(len(fake), m, replace=False)]
-        kxx = (x @ x.T / d + 1) ** 3
-        kyy = (y @ y.T / d + 1) ** 3
-        kxy = (x @ y.T / d + 1) ** 3
-        values[i] = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) \
-            - 2 * kxy.mean()
-    return float(values.mean()), float(values.std())
+from ganpipe.frechet import bootstrap_fid, feature_stats, frechet_distance
+from ganpipe.inception_score import inception_score
+from ganpipe.kid import bootstrap_kid, kernel_inception_distance
+from ganpipe.manifold import density_coverage, memorization, precision_recall
 
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """Features of one image set, with its statistics computed once."""
+    """Features (and classifier logits, when the extractor has a head) of one image set."""
 
     features: np.ndarray
     mu: np.ndarray
     sigma: np.ndarray
+    logits: np.ndarray | None = None
 
     @classmethod
-    def from_features(cls, features: np.ndarray) -> FeatureSet:
+    def from_features(cls, features: np.ndarray, logits: np.ndarray | None = None) -> FeatureSet:
         features = np.asarray(features)
         if len(features) < features.shape[1]:
             warnings.warn(f"{len(features)} samples for {features.shape[1]}-d features: the covariance is "
                           "rank-deficient and FID is strongly biased; compare only at equal N", stacklevel=2)
         mu, sigma = feature_stats(features)
-        return cls(features, mu, sigma)
+        return cls(features, mu, sigma, logits)
+
+
+@dataclass(frozen=True)
+class Options:
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    is_splits: int = 10
+    pr_k: int = 3
+    dc_k: int = 5
+    memorization_quantile: float = 0.05
+    bootstrap: int = 0        # replicates for FID/KID confidence intervals; 0 = none
+    confidence: float = 0.95
+    seed: int = 0
+
+
+class Unavailable(Exception):
+    """The metric cannot be computed from these features (reported, never faked)."""
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    lo, hi = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+def _fid(real: FeatureSet, fake: FeatureSet, o: Options) -> dict[str, float]:
+    out = {"fid": frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)}
+    if o.bootstrap:
+        reps = bootstrap_fid(real.mu, real.sigma, fake.features, o.bootstrap, np.random.default_rng(o.seed))
+        out["fid_ci_low"], out["fid_ci_high"] = _interval(reps, o.confidence)
+    return out
+
+
+def _kid(real: FeatureSet, fake: FeatureSet, o: Options) -> dict[str, float]:
+    mean, std = kernel_inception_distance(real.features, fake.features, o.kid_subset_size, o.kid_subsets, o.seed)
+    out = {"kid": mean, "kid_std": std}
+    if o.bootstrap:
+        reps = bootstrap_kid(real.features, fake.features, o.bootstrap, np.random.default_rng(o.seed))
+        out["kid_ci_low"], out["kid_ci_high"] = _interval(reps, o.confidence)
+    return out
+
+
+def _is(real: FeatureSet, fake: FeatureSet, o: Options) -> dict[str, float]:
+    if fake.logits is None:
+        raise Unavailable("the feature extractor has no classifier head (full Inception weights needed)")
+    mean, std = inception_score(fake.logits, o.is_splits)
+    return {"is": mean, "is_std": std}
 
 
 @dataclass(frozen=True)
 class Metric:
-    fn: Callable[..., dict[str, float]]
-    higher_is_better: bool
-
-
-def _fid(real: FeatureSet, fake: FeatureSet, **_) -> dict[str, float]:
-    return {"fid": frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)}
-
-
-def _kid(real: FeatureSet, fake: FeatureSet, kid_subset_size: int, kid_subsets: int, seed: int,
-         **_) -> dict[str, float]:
-    mean, std = kernel_inception_distance(real.features, fake.features, kid_subset_size, kid_subsets, seed)
-    return {"kid": mean, "kid_std": std}
+    fn: Callable[[FeatureSet, FeatureSet, Options], dict[str, float]]
+    directions: dict[str, bool]  # reported key -> higher is better
 
 
 METRICS: dict[str, Metric] = {
-    "fid": Metric(_fid, higher_is_better=False),
-    "kid": Metric(_kid, higher_is_better=False),
+    "fid": Metric(_fid, {"fid": False}),
+    "kid": Metric(_kid, {"kid": False}),
+    "is": Metric(_is, {"is": True}),
+    "pr": Metric(lambda r, f, o: precision_recall(r.features, f.features, o.pr_k),
+                 {"precision": True, "recall": True}),
+    "dc": Metric(lambda r, f, o: density_coverage(r.features, f.features, o.dc_k),
+                 {"density": True, "coverage": True}),
+    "memorization": Metric(lambda r, f, o: memorization(r.features, f.features, o.memorization_quantile),
+                           {"memorization": False}),
 }
+DIRECTIONS: dict[str, bool] = {k: v for m in METRICS.values() for k, v in m.directions.items()}
 
 
 def get_metric(name: str) -> Metric:
     try:
         return METRICS[name]
     except KeyError:
-        raise ConfigError(f"unknown metric {name!r} (valid: {', '.join(sorted(METRICS))})") from None
+        raise ConfigError(f"unknown metric {name!r} (valid: {', '.join(METRICS)})") from None
 
 
-def compute(names: list[str], real: FeatureSet, fake: FeatureSet, **options) -> dict[str, float]:
-    """Run the named metrics on shared features; returns every value they report."""
-    out: dict[str, float] = {}
+def compute(names: list[str], real: FeatureSet, fake: FeatureSet,
+            options: Options) -> tuple[dict[str, float], dict[str, str]]:
+    """Run the named metrics on shared features: (every value they report, {name: why unavailable})."""
+    scores: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
     for name in names:
-        out.update(get_metric(name).fn(real, fake, **options))
-    return out
+        try:
+            scores.update(get_metric(name).fn(real, fake, options))
+        except Unavailable as exc:
+            unavailable[name] = str(exc)
+    return scores, unavailable
 
 
-def is_better(name: str, a: float, b: float) -> bool:
-    """True when score `a` of metric `name` is strictly better than `b`."""
-    return a > b if get_metric(name).higher_is_better else a < b
+def higher_is_better(key: str) -> bool:
+    try:
+        return DIRECTIONS[key]
+    except KeyError:
+        raise ConfigError(f"unknown metric key {key!r} (valid: {', '.join(DIRECTIONS)})") from None
+
+
+def is_better(key: str, a: float, b: float) -> bool:
+    """True when value `a` of metric key `key` is strictly better than `b`."""
+    return a > b if higher_is_better(key) else a < b

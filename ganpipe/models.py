@@ -5,6 +5,7 @@ Self-contained (torch only): this module ships inside the registered MLflow mode
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 
@@ -109,3 +110,13 @@ def sample(G: nn.Module, seeds: Sequence[int], batch_size: int = 256) -> torch.T
         z = latents(seeds[i:i + batch_size], z_dim).to(device)
         out.append(to_uint8(G(z)).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
+
+
+def state_sha256(module: nn.Module) -> str:
+    """sha256 of a module's state_dict (names, dtypes, shapes, bytes): the identity of its weights."""
+    h = hashlib.sha256()
+    for key, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()

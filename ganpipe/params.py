@@ -67,19 +67,46 @@ class TrainParams(_Section):
 class EvalParams(_Section):
     extractor: Literal["inception", "tiny"]
     inception_weights: str | None = Field(description="local path to torch-fidelity Inception weights")
-    metrics: list[Literal["fid", "kid"]] = Field(min_length=1)
+    metrics: list[str] = Field(min_length=1)
     num_real: int = Field(ge=2)
     num_fake: int = Field(ge=2)
     batch_size: int = Field(ge=1)
     seed: int = Field(ge=0, description="first latent seed of the generated evaluation set")
     kid_subset_size: int = Field(ge=2)
     kid_subsets: int = Field(ge=1)
+    is_splits: int = Field(ge=1)
+    pr_k: int = Field(ge=1)
+    dc_k: int = Field(ge=1)
+    memorization_quantile: float = Field(gt=0, lt=1)
+    bootstrap: int = Field(ge=0, description="bootstrap replicates for FID/KID intervals; 0 = none")
+    confidence: float = Field(gt=0, lt=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        from ganpipe.metrics import METRICS
+
+        unknown = [m for m in v if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r} (valid: {', '.join(METRICS)})")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a metric twice")
+        return v
 
 
 class RegistryParams(_Section):
     model_name: str = Field(min_length=1)
     alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
-    primary_metric: Literal["fid", "kid"]
+    primary_metric: str
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_key(cls, v: str) -> str:
+        from ganpipe.metrics import DIRECTIONS
+
+        if v not in DIRECTIONS:
+            raise ValueError(f"unknown metric key {v!r} (valid: {', '.join(DIRECTIONS)})")
+        return v
 
 
 class Params(_Section):

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ganpipe.metrics import is_better
+from ganpipe.protocol import check_comparable
 
 
 @dataclass(frozen=True)
@@ -14,13 +15,18 @@ class Decision:
     reason: str
 
 
-def decide(candidate: dict[str, float], champion: dict[str, float] | None, metric: str) -> Decision:
-    """Promote the first version; after that only a strictly better `metric` under the same protocol."""
+def decide(candidate: dict, champion: dict | None, metric: str) -> Decision:
+    """Promote the first version; after that only a strictly better `metric` under the same protocol.
+
+    `candidate` and `champion` are evaluation results (scores plus `fingerprint`); results from
+    different protocols raise `IncomparableError` instead of being compared.
+    """
     value = candidate.get(metric)
-    if value is None or not math.isfinite(value):
+    if not isinstance(value, float) or not math.isfinite(value):
         return Decision(False, f"candidate has no finite {metric} ({value!r})")
     if champion is None:
         return Decision(True, f"first version ({metric}={value:.6g})")
+    check_comparable(candidate, champion, "the candidate and the champion")
     best = champion[metric]
     if is_better(metric, value, best):
         return Decision(True, f"{metric} {value:.6g} beats champion's {best:.6g}")

@@ -24,8 +24,10 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 import ganpipe
 from ganpipe import tracking
 from ganpipe.checkpoint import load_checkpoint
+from ganpipe.checkpoint import load_generator as load_checkpoint_generator
 from ganpipe.device import resolve_device
-from ganpipe.evaluate import score_generator
+from ganpipe.errors import RegistryError
+from ganpipe.evaluate import score_generator, scores_of
 from ganpipe.features import build_extractor
 from ganpipe.io import read_json, write_json
 from ganpipe.params import EvalParams, RegistryParams, parse_params
@@ -76,28 +78,52 @@ def current_holder(client: MlflowClient, name: str, alias: str):
         return None
 
 
-def load_registered_generator(model_uri: str) -> torch.nn.Module:
-    """The generator inside a registered pyfunc model."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().G
+def load_generator(ref: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The generator behind `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/...` or a checkpoint path."""
+    if ref.startswith(("models:/", "runs:/")):
+        try:
+            model = mlflow.pyfunc.load_model(ref)
+        except MlflowException as exc:
+            raise RegistryError(f"{ref}: {exc.message.splitlines()[0]}") from None
+        return model.unwrap_python_model().G.to(device)
+    return load_checkpoint_generator(ref, device)[0]
 
 
-def champion_scores(client: MlflowClient, holder, metric_names: list[str], fp: str, p: EvalParams,
-                    ref_stats_path: Path, name: str) -> dict[str, float]:
-    """The champion's scores under fingerprint `fp`, re-scoring (and caching as tags) when missing."""
+def version_result(uri: str) -> dict:
+    """The evaluation result stored on a registered version (`models:/NAME/VERSION` or `@ALIAS`)."""
+    ref = uri[len("models:/"):]
+    name, sep, alias = ref.partition("@")
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if sep else client.get_model_version(*ref.split("/", 1))
+    except (MlflowException, TypeError) as exc:
+        raise RegistryError(f"{uri}: {getattr(exc, 'message', str(exc)).splitlines()[0]}") from None
+    return _stored_result(mv.tags, "metric.", mv.tags.get("eval.fingerprint", ""))
+
+
+def _stored_result(tags: dict, prefix: str, fp: str) -> dict:
+    """An evaluation result reconstructed from version tags `<prefix><key>`."""
+    scores = {k[len(prefix):]: float(v) for k, v in tags.items() if k.startswith(prefix)}
+    return {**scores, "fingerprint": fp}
+
+
+def champion_result(client: MlflowClient, holder, fp: str, p: EvalParams, ref_stats_path: Path,
+                    name: str) -> dict:
+    """The champion's scores under fingerprint `fp`: its own, a cached re-score, or a fresh re-score."""
     tags = holder.tags
     if tags.get("eval.fingerprint") == fp:
-        return {m: float(tags[f"metric.{m}"]) for m in metric_names if f"metric.{m}" in tags}
-    cached = {m: float(tags[f"rescore.{fp}.{m}"]) for m in metric_names if f"rescore.{fp}.{m}" in tags}
-    if len(cached) == len(metric_names):
+        return _stored_result(tags, "metric.", fp)
+    cached = _stored_result(tags, f"rescore.{fp}.", fp)
+    if len(cached) > 1:
         return cached
     print(f"champion v{holder.version} was scored under protocol {tags.get('eval.fingerprint')}; "
           f"re-scoring it under {fp}")
     device = resolve_device()
-    G = load_registered_generator(f"models:/{name}/{holder.version}").to(device)
-    scores = score_generator(G, build_extractor(p, device), load_ref_stats(ref_stats_path), p)
-    for m, v in scores.items():
-        client.set_model_version_tag(name, holder.version, f"rescore.{fp}.{m}", str(v))
-    return scores
+    G = load_generator(f"models:/{name}/{holder.version}", device)
+    result = score_generator(G, build_extractor(p, device), load_ref_stats(ref_stats_path), p)
+    for k, v in scores_of(result).items():
+        client.set_model_version_tag(name, holder.version, f"rescore.{result['fingerprint']}.{k}", str(v))
+    return result
 
 
 def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
@@ -106,34 +132,32 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
     metrics = read_json(layout.metrics_path, "`ganpipe evaluate`")
     ckpt = load_checkpoint(layout.checkpoint_path)
     train_params = parse_params(ckpt["params"], "checkpoint params")
-    names = list(ep.metrics)
-    candidate = {m: float(metrics[m]) for m in names}
+    candidate = {**scores_of(metrics), "fingerprint": metrics["fingerprint"], "protocol": metrics.get("protocol")}
     fp = metrics["fingerprint"]
 
     tracking.configure(layout.root)
     client = MlflowClient()
+    # Decide first: a refused comparison (IncomparableError) leaves no half-registered version behind.
+    holder = current_holder(client, rp.model_name, rp.alias)
+    previous = None if holder is None else str(holder.version)
+    champ = None if holder is None else champion_result(client, holder, fp, ep, layout.ref_stats_path,
+                                                        rp.model_name)
+    decision = decide(candidate, champ, rp.primary_metric)
+
     with mlflow.start_run(run_id=info["mlflow_run_id"]):
         version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name)
     tags = {"data_sha256": info["data_sha256"], "params_hash": train_params.section_hash(),
             "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
-            "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in candidate.items()}}
+            "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in scores_of(candidate).items()},
+            "gate.decision": "promoted" if decision.promote else "rejected", "gate.reason": decision.reason}
     for k, v in tags.items():
         client.set_model_version_tag(rp.model_name, version, k, v)
-
-    holder = current_holder(client, rp.model_name, rp.alias)
-    previous = None if holder is None else str(holder.version)
-    champ = None
-    if holder is not None and previous != version:
-        champ = champion_scores(client, holder, names, fp, ep, layout.ref_stats_path, rp.model_name)
-    decision = decide(candidate, champ, rp.primary_metric)
     if decision.promote:
         client.set_registered_model_alias(rp.model_name, rp.alias, version)
-    client.set_model_version_tag(rp.model_name, version, "gate.decision", "promoted" if decision.promote else "rejected")
-    client.set_model_version_tag(rp.model_name, version, "gate.reason", decision.reason)
 
     result = {"model_name": rp.model_name, "version": version, "model_uri": uri, "alias": rp.alias,
               "promoted": decision.promote, "reason": decision.reason, "previous_champion": previous,
-              "champion": version if decision.promote else previous, "metrics": candidate,
-              "champion_metrics": champ, "fingerprint": fp}
+              "champion": version if decision.promote else previous, "metrics": scores_of(candidate),
+              "champion_metrics": None if champ is None else scores_of(champ), "fingerprint": fp}
     write_json(layout.registration_path, result)
     return result

@@ -79,6 +79,20 @@ def log_metric_series(run_id: str, series: list[tuple[str, float, int]]) -> None
         client.log_batch(run_id, metrics=metrics[i:i + _BATCH], synchronous=True)
 
 
+def run_result(run_id: str) -> dict:
+    """The evaluation result logged to a run: its metrics, fingerprint and protocol tags."""
+    from ganpipe.errors import DataError
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise DataError(f"runs:/{run_id}: {exc.message.splitlines()[0]}") from None
+    prefix = "eval.protocol."
+    protocol = {k[len(prefix):]: v for k, v in run.data.tags.items() if k.startswith(prefix)}
+    return {**{k: float(v) for k, v in run.data.metrics.items()},
+            "fingerprint": run.data.tags.get("eval.fingerprint", ""), "protocol": protocol}
+
+
 def git_commit(root: str | Path) -> str:
     """HEAD commit of the project repo, with '-dirty' when tracked files changed; 'unknown' outside git."""
     def git(*args: str) -> str:

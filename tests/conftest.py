@@ -21,7 +21,7 @@ TINY_OVERRIDES = {
     "train": {"batch_size": 32, "total_kimg": 0.256, "snapshot_kimg": 0.128, "log_every_steps": 2,
               "grid_size": 16},
     "eval": {"extractor": "tiny", "num_real": 120, "num_fake": 100, "batch_size": 40, "kid_subset_size": 50,
-             "kid_subsets": 5},
+             "kid_subsets": 5, "bootstrap": 20},
 }
 
 
@@ -39,7 +39,9 @@ def tiny_params_dict(**section_overrides: dict) -> dict:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _quiet_env():
+def _quiet_env(tmp_path_factory):
+    # A private cache (reference statistics, generated features): runs do not see each other's entries.
+    os.environ["GANPIPE_CACHE_DIR"] = str(tmp_path_factory.mktemp("ganpipe-cache"))
     os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1",
                       PREFECT_SERVER_ANALYTICS_ENABLED="false")
     os.environ.pop("MLFLOW_TRACKING_URI", None)

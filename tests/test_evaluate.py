@@ -35,7 +35,12 @@ def test_evaluate_writes_metrics_and_logs_them_to_the_training_run(trained_proje
     assert run.data.metrics["fid"] == pytest.approx(result["fid"])
     assert run.data.metrics["kid"] == pytest.approx(result["kid"])
     assert run.data.tags["eval.fingerprint"] == result["fingerprint"]
-    assert run.data.tags["eval.weights_sha256"] == load_ref_stats(lay.ref_stats_path).key["weights_sha256"]
+    assert run.data.tags["eval.protocol.weights_sha256"] == load_ref_stats(lay.ref_stats_path).key["weights_sha256"]
+    # every selected metric is reported, or said to be unavailable, never faked
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage", "memorization"):
+        assert key in run.data.metrics
+    assert "classifier head" in run.data.tags["eval.unavailable.is"] and "is" not in run.data.metrics
+    assert on_disk["fid_ci_low"] <= on_disk["fid"] <= on_disk["fid_ci_high"]
 
 
 def test_fid_is_the_frechet_distance_of_the_shared_features(trained_project):

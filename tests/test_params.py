@@ -50,7 +50,7 @@ def test_missing_key_is_named():
     ("train", "batch_size", 64.5, "train.batch_size = 64.5"),
     ("train", "batch_size", True, "train.batch_size = True"),   # YAML `yes` is not a batch size
     ("base", "seed", "0", "base.seed = '0'"),                   # strings are not coerced to ints
-    ("eval", "metrics", ["fid", "isc"], "eval.metrics.1 = 'isc'"),
+    ("eval", "metrics", "fid", "eval.metrics = 'fid'"),
 ])
 def test_wrong_type_names_key_and_value(section, key, value, expect):
     raw = shipped_params()
@@ -71,6 +71,15 @@ def test_out_of_range_says_what_is_allowed(section, key, value, allowed):
     raw[section][key] = value
     msg = _error(raw)
     assert f"{section}.{key} = {value!r}" in msg and allowed in msg
+
+
+def test_unknown_metric_lists_the_valid_ones():
+    raw = shipped_params()
+    raw["eval"]["metrics"] = ["fid", "isc"]
+    assert "unknown metric 'isc' (valid: fid, kid, is, pr, dc, memorization)" in _error(raw)
+    raw = shipped_params()
+    raw["registry"]["primary_metric"] = "f_score"
+    assert "registry.primary_metric = 'f_score'" in _error(raw) and "recall" in _error(raw)
 
 
 def test_every_problem_is_reported_at_once():

@@ -17,21 +17,32 @@ from ganpipe.checkpoint import load_generator
 from ganpipe.evaluate import evaluate
 from ganpipe.models import sample
 from ganpipe.promotion import decide
+from ganpipe.protocol import IncomparableError
 from ganpipe.registry import register
 from tests.conftest import mlflow_client
 
 
+FP = {"fingerprint": "aaaa"}
+
+
 @pytest.mark.parametrize("candidate,champion,promote,words", [
-    ({"kid": 0.5}, None, True, "first version"),
-    ({"kid": 0.4}, {"kid": 0.5}, True, "beats"),
-    ({"kid": 0.5}, {"kid": 0.5}, False, "does not beat"),   # a tie keeps the champion
-    ({"kid": 0.6}, {"kid": 0.5}, False, "does not beat"),
-    ({"kid": math.nan}, None, False, "no finite kid"),
-    ({"fid": 1.0}, None, False, "no finite kid"),
+    ({"kid": 0.5, **FP}, None, True, "first version"),
+    ({"kid": 0.4, **FP}, {"kid": 0.5, **FP}, True, "beats"),
+    ({"kid": 0.5, **FP}, {"kid": 0.5, **FP}, False, "does not beat"),   # a tie keeps the champion
+    ({"kid": 0.6, **FP}, {"kid": 0.5, **FP}, False, "does not beat"),
+    ({"kid": math.nan, **FP}, None, False, "no finite kid"),
+    ({"fid": 1.0, **FP}, None, False, "no finite kid"),
 ])
 def test_promotion_rule(candidate, champion, promote, words):
     d = decide(candidate, champion, "kid")
     assert d.promote is promote and words in d.reason
+
+
+def test_promotion_refuses_results_from_different_protocols():
+    candidate = {"kid": 0.1, "fingerprint": "aaaa", "protocol": {"num_fake": 500}}
+    champion = {"kid": 0.5, "fingerprint": "bbbb", "protocol": {"num_fake": 50000}}
+    with pytest.raises(IncomparableError, match="num_fake: 500 vs 50000"):
+        decide(candidate, champion, "kid")
 
 
 def _set_metrics(lay, **changes):
@@ -67,14 +78,21 @@ def test_register_promote_reject_and_rescore(trained_project):
     r3 = register(p.registry, p.eval, lay)
     assert r3["promoted"] and str(client.get_model_version_by_alias(name, alias).version) == "3"
 
-    # A challenger scored under another protocol: the champion (same weights as v1, real KID) is
-    # re-scored under the current protocol instead of comparing against its stored -1.0 offset score.
-    _set_metrics(lay, kid=real["kid"] - 0.5, fingerprint="0123456789abcdef")
+    # The champion was scored under an older protocol: it is re-scored under the current one (its real
+    # scores, not the stored -1.0 offset ones) before the comparison, and the re-score is cached on it.
+    _set_metrics(lay, kid=real["kid"] - 0.5)
+    client.set_model_version_tag(name, "3", "eval.fingerprint", "0123456789abcdef")
     r4 = register(p.registry, p.eval, lay)
     assert r4["champion_metrics"]["kid"] == pytest.approx(real["kid"], rel=1e-9)
     assert r4["promoted"]
-    assert "rescore.0123456789abcdef.kid" in client.get_model_version(name, "3").tags
+    assert f"rescore.{real['fingerprint']}.kid" in client.get_model_version(name, "3").tags
     assert json.loads(lay.registration_path.read_text())["version"] == "4"
+
+    # A candidate whose scores come from another protocol than the champion's is refused, not compared.
+    _set_metrics(lay, fingerprint="fedcba9876543210")
+    with pytest.raises(IncomparableError, match="refusing to compare the candidate and the champion"):
+        register(p.registry, p.eval, lay)
+    assert str(client.get_model_version_by_alias(name, alias).version) == "4"
 
 
 def test_champion_loads_without_pickle_and_generates_like_the_checkpoint(trained_project, tmp_path):

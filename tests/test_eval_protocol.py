@@ -1,0 +1,162 @@
+"""Content-addressed reference statistics, cached generated features, the comparability guard,
+scoring any model from the CLI, and agreement with torch-fidelity on the same images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ganpipe import cache
+from ganpipe.checkpoint import load_generator
+from ganpipe.data import load_split
+from ganpipe.errors import ConfigError
+from ganpipe.evaluate import score_generator
+from ganpipe.features import build_extractor
+from ganpipe.models import sample
+from ganpipe.params import EvalParams
+from ganpipe.protocol import IncomparableError, check_comparable
+from ganpipe.refstats import compute_ref_stats, load_ref_stats
+
+
+class CountingExtractor:
+    """Wraps an extractor and counts images that went through the network."""
+
+    def __init__(self, inner):
+        self.inner, self.images = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def extract(self, images, batch_size):
+        self.images += len(images)
+        return self.inner.extract(images, batch_size)
+
+    def extract_all(self, images, batch_size):
+        self.images += len(images)
+        return self.inner.extract_all(images, batch_size)
+
+
+def test_reference_stats_are_computed_once_per_content_key(trained_project, tmp_path):
+    p, lay = trained_project
+    ext = CountingExtractor(build_extractor(p.eval))
+    first = compute_ref_stats(ext, 64, 32, lay.prepared_dir, tmp_path / "a.npz")
+    assert ext.images == 64 and not first.from_cache
+    again = compute_ref_stats(ext, 64, 16, lay.prepared_dir, tmp_path / "b.npz")  # other batch size, same key
+    assert ext.images == 64 and again.from_cache
+    assert np.array_equal(load_ref_stats(tmp_path / "a.npz").stats.features,
+                          load_ref_stats(tmp_path / "b.npz").stats.features)
+    other = compute_ref_stats(ext, 65, 32, lay.prepared_dir, tmp_path / "c.npz")   # N is part of the key
+    assert ext.images == 64 + 65 and not other.from_cache
+    assert {"data_sha256", "weights_sha256", "resize", "num_real"} <= first.key.keys()
+
+
+def test_a_second_evaluation_of_the_same_generator_reuses_its_features(trained_project, monkeypatch):
+    p, lay = trained_project
+    ref = load_ref_stats(lay.ref_stats_path)
+    G, _ = load_generator(lay.checkpoint_path)
+    ext = CountingExtractor(build_extractor(p.eval))
+    first = score_generator(G, ext, ref, p.eval)
+    seen = ext.images
+    second = score_generator(G, ext, ref, p.eval)
+    assert ext.images == seen and second["generated_features_cached"]
+    assert {k: v for k, v in first.items() if k != "generated_features_cached"} == \
+        {k: v for k, v in second.items() if k != "generated_features_cached"}
+    # other weights are another key: a changed generator is re-extracted
+    with torch.no_grad():
+        next(G.parameters()).add_(0.01)
+    third = score_generator(G, ext, ref, p.eval)
+    assert ext.images == 2 * seen and not third["generated_features_cached"]
+
+
+def test_the_guard_names_what_differs():
+    a = {"fingerprint": "1", "protocol": {"num_fake": 500, "resize": "tf1-bilinear-299"}}
+    b = {"fingerprint": "2", "protocol": {"num_fake": 10000, "resize": "tf1-bilinear-299"}}
+    with pytest.raises(IncomparableError, match="num_fake: 500 vs 10000"):
+        check_comparable(a, b)
+    check_comparable(a, dict(a))
+
+
+def test_cli_scores_any_model_and_compare_refuses_other_protocols(trained_project, tmp_path):
+    p, lay = trained_project
+    base = [sys.executable, "-m", "ganpipe", "-C", str(lay.root)]
+
+    def ganpipe(*args, check=True):
+        proc = subprocess.run(base + list(args), capture_output=True, text=True)
+        assert not check or proc.returncode == 0, proc.stderr
+        return proc
+
+    out = ganpipe("evaluate", "--model", str(lay.checkpoint_path), "--out", str(tmp_path / "ckpt.json"))
+    assert "fid=" in out.stdout and "is: unavailable" in out.stdout
+    twin = json.loads((tmp_path / "ckpt.json").read_text())
+    table = ganpipe("compare", str(tmp_path / "ckpt.json"), str(tmp_path / "ckpt.json")).stdout
+    assert "kid" in table and "tie" in table
+    other = dict(twin, fingerprint="ffffffffffffffff", protocol={**twin["protocol"], "num_fake": 7})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    refused = ganpipe("compare", str(tmp_path / "ckpt.json"), str(tmp_path / "other.json"), check=False)
+    assert refused.returncode == 2 and "refusing to compare" in refused.stderr and "num_fake" in refused.stderr
+
+
+def test_unknown_metric_in_params_is_a_config_error():
+    with pytest.raises(ConfigError):
+        from ganpipe.params import parse_params
+        from tests.conftest import tiny_params_dict
+
+        raw = tiny_params_dict()
+        raw["eval"]["metrics"] = ["fid", "precision"]
+        parse_params(raw)
+
+
+@pytest.mark.inception
+def test_agreement_with_torch_fidelity_on_the_same_images(trained_project, tmp_path):
+    """Same images, same weights: our FID and KID equal torch-fidelity's `calculate_metrics`.
+
+    (Its precision/recall runs on VGG16 features by default; ours is checked against its own
+    function on the same features in test_metrics.)"""
+    import torch_fidelity
+
+    from ganpipe.frechet import feature_stats, frechet_distance
+    from ganpipe.kid import kernel_inception_distance
+
+    p, lay = trained_project
+    images, _ = load_split(lay.prepared_dir, "train")
+    real = torch.from_numpy(np.array(images[:36])).expand(-1, 3, -1, -1).contiguous()  # N = subset size:
+    G, _ = load_generator(lay.checkpoint_path)
+    fake = sample(G, range(36)).expand(-1, 3, -1, -1).contiguous()  # no subsampling
+    # (generated vs real: with two near-identical real sets KID is ~1e-3 and torch-fidelity's float32
+    # kernel sums lose about 1e-3 of it to cancellation; ours are float64)
+    ep = EvalParams(**{**p.eval.model_dump(), "extractor": "inception", "inception_weights": None})
+    ext = build_extractor(ep)
+    fr, ff = ext.extract(real, 20), ext.extract(fake, 20)
+    ours = {"fid": frechet_distance(*feature_stats(fr), *feature_stats(ff)),
+            "kid": kernel_inception_distance(fr, ff, subset_size=36, subsets=1)[0]}
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x = x
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    from ganpipe.inception import read_state_dict, resolve_weights
+
+    # torch-fidelity loads strictly and wants a classifier head; FID/KID/PR use the 2048-d pool
+    # features before it, so a zero head changes none of the compared numbers.
+    sd = read_state_dict(resolve_weights(None, allow_download=False).path)
+    sd.setdefault("fc.weight", torch.zeros(1008, 2048))
+    sd.setdefault("fc.bias", torch.zeros(1008))
+    weights = tmp_path / "inception-with-zero-head.pth"
+    torch.save(sd, weights)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=Images(fake), input2=Images(real), fid=True, kid=True, kid_subset_size=36,
+        kid_subsets=1, cuda=False, cache=False, verbose=False, batch_size=20,
+        feature_extractor_weights_path=str(weights))
+    assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
+    assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)
