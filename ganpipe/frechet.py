@@ -37,34 +37,49 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(max(value, 0.0))
 
 
-def bootstrap_fid(mu_r: np.ndarray, sigma_r: np.ndarray, fake: np.ndarray, replicates: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """FID of `replicates` resamples (with replacement) of the generated features against fixed real stats.
+class _LowRank:
+    """FID against fixed real statistics for (resampled) generated features when N < D.
 
-    With N generated samples below the feature dimension, the non-zero eigenvalues of
-    S_r^1/2 S_f S_r^1/2 equal those of Yc S_r Yc^T / (N - 1) (N x N, Yc the centred resample), and
-    Y S_r Y^T is computed once, so each replicate costs an N x N eigendecomposition.
+    The non-zero eigenvalues of S_r^1/2 S_f S_r^1/2 equal those of Yc S_r Yc^T / (N - 1) (N x N, Yc
+    the centred samples), so no D x D decomposition is needed, and Y S_r Y^T is computed once: a
+    resample costs one N x N eigendecomposition.
     """
-    y = np.asarray(fake, np.float64)
-    n, d = y.shape
-    out = np.empty(replicates)
-    tr_r = np.trace(sigma_r)
-    if n > d:  # the D x D path is the cheaper one
-        for b in range(replicates):
-            mu, sigma = feature_stats(y[rng.integers(0, n, n)])
-            out[b] = frechet_distance(mu_r, sigma_r, mu, sigma)
-        return out
-    g = y @ sigma_r @ y.T
-    sq = np.einsum("ij,ij->i", y, y)
-    for b in range(replicates):
-        idx = rng.integers(0, n, n)
-        w = np.bincount(idx, minlength=n).astype(np.float64)
-        m = y.T @ w / n                              # resample mean
+
+    def __init__(self, mu_r: np.ndarray, sigma_r: np.ndarray, fake: np.ndarray):
+        self.y = np.asarray(fake, np.float64)
+        self.mu_r = np.asarray(mu_r, np.float64)
+        self.tr_r = float(np.trace(sigma_r))
+        self.g = self.y @ np.asarray(sigma_r, np.float64) @ self.y.T
+        self.sq = np.einsum("ij,ij->i", self.y, self.y)
+
+    def fid(self, idx: np.ndarray) -> float:
+        y, g, n = self.y, self.g, len(idx)
+        w = np.bincount(idx, minlength=len(y)).astype(np.float64)
+        m = y.T @ w / n                              # sample mean
         u = g[idx] @ w / n                           # Yb S_r m
         c = w @ g @ w / n**2                         # m^T S_r m
         k = g[np.ix_(idx, idx)] - u[:, None] - u[None, :] + c
-        tr_f = (sq[idx].sum() - n * (m @ m)) / (n - 1)
-        diff = mu_r - m
-        value = diff @ diff + tr_r + tr_f - 2 * _trace_sqrt(np.linalg.eigvalsh((k + k.T) / (2 * (n - 1))))
-        out[b] = max(value, 0.0)
-    return out
+        tr_f = (self.sq[idx].sum() - n * (m @ m)) / (n - 1)
+        diff = self.mu_r - m
+        value = diff @ diff + self.tr_r + tr_f - 2 * _trace_sqrt(np.linalg.eigvalsh((k + k.T) / (2 * (n - 1))))
+        return float(max(value, 0.0))
+
+
+def fid_from_features(mu_r: np.ndarray, sigma_r: np.ndarray, fake: np.ndarray) -> float:
+    """FID of generated features against real statistics, by the cheaper of the two exact paths."""
+    n, d = np.shape(fake)
+    if n > d:
+        return frechet_distance(mu_r, sigma_r, *feature_stats(fake))
+    return _LowRank(mu_r, sigma_r, fake).fid(np.arange(n))
+
+
+def bootstrap_fid(mu_r: np.ndarray, sigma_r: np.ndarray, fake: np.ndarray, replicates: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """FID of `replicates` resamples (with replacement) of the generated features against fixed real stats."""
+    n, d = np.shape(fake)
+    if n > d:  # the D x D path is the cheaper one
+        y = np.asarray(fake, np.float64)
+        return np.array([frechet_distance(mu_r, sigma_r, *feature_stats(y[rng.integers(0, n, n)]))
+                         for _ in range(replicates)])
+    low = _LowRank(mu_r, sigma_r, fake)
+    return np.array([low.fid(rng.integers(0, n, n)) for _ in range(replicates)])

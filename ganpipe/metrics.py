@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ganpipe.errors import ConfigError
-from ganpipe.frechet import bootstrap_fid, feature_stats, frechet_distance
+from ganpipe.frechet import bootstrap_fid, feature_stats, fid_from_features
 from ganpipe.inception_score import inception_score
 from ganpipe.kid import bootstrap_kid, kernel_inception_distance
 from ganpipe.manifold import density_coverage, memorization, precision_recall
@@ -63,7 +63,7 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def _fid(real: FeatureSet, fake: FeatureSet, o: Options) -> dict[str, float]:
-    out = {"fid": frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)}
+    out = {"fid": fid_from_features(real.mu, real.sigma, fake.features)}
     if o.bootstrap:
         reps = bootstrap_fid(real.mu, real.sigma, fake.features, o.bootstrap, np.random.default_rng(o.seed))
         out["fid_ci_low"], out["fid_ci_high"] = _interval(reps, o.confidence)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ganpipe.errors import ConfigError
-from ganpipe.frechet import bootstrap_fid, feature_stats, frechet_distance
+from ganpipe.frechet import bootstrap_fid, feature_stats, fid_from_features, frechet_distance
 from ganpipe.inception_score import inception_score
 from ganpipe.kid import bootstrap_kid, kernel_inception_distance, poly_kernel
 from ganpipe.manifold import density_coverage, knn_radii, memorization, precision_recall
@@ -91,6 +91,15 @@ def test_frechet_agrees_with_torchmetrics():
 
 
 @pytest.mark.parametrize("n,d", [(40, 64), (90, 16)])  # the N x N path (N < D) and the D x D path
+def test_fid_from_features_equals_the_frechet_distance_of_their_statistics(n, d):
+    rng = np.random.default_rng(16)
+    real, fake = rng.normal(size=(200, d)), rng.normal(0.3, 1.2, size=(n, d))
+    mu_r, s_r = feature_stats(real)
+    assert fid_from_features(mu_r, s_r, fake) == pytest.approx(
+        frechet_distance(mu_r, s_r, *feature_stats(fake)), rel=1e-7)
+
+
+@pytest.mark.parametrize("n,d", [(40, 64), (90, 16)])
 def test_bootstrap_fid_replicates_equal_direct_computation(n, d):
     rng = np.random.default_rng(12)
     real, fake = rng.normal(size=(300, d)), rng.normal(0.2, 1.1, size=(n, d))
@@ -247,7 +256,7 @@ def test_compute_shares_features_and_reports_unavailable_metrics():
     out, unavailable = compute(list(METRICS), real, fake, Options(kid_subset_size=30, kid_subsets=4))
     assert {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "memorization"} <= out.keys()
     assert "is" not in out and "classifier head" in unavailable["is"]
-    assert out["fid"] == frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)
+    assert out["fid"] == pytest.approx(frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma), rel=1e-9)
     assert set(DIRECTIONS) >= {k for k in out if not k.endswith(("_std", "_threshold"))}
     with_logits = FeatureSet(fake.features, fake.mu, fake.sigma, logits=rng.normal(size=(60, 20)))
     out, unavailable = compute(["is"], real, with_logits, Options(is_splits=3))
