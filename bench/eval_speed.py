@@ -22,21 +22,11 @@ import torch
 from ganpipe.data import load_split, prepare
 from ganpipe.evaluate import score_generator
 from ganpipe.features import build_extractor
-from ganpipe.inception import read_state_dict, resolve_weights
+from ganpipe.inception import resolve_weights
 from ganpipe.models import build_generator, init_weights
 from ganpipe.params import load_params
+from ganpipe.peer import ImageTensors, weights_for_torch_fidelity
 from ganpipe.refstats import compute_ref_stats
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i]
 
 
 def main() -> None:
@@ -55,11 +45,7 @@ def main() -> None:
     # 1. extraction, side by side
     import torch_fidelity
 
-    sd = read_state_dict(resolve_weights(None, allow_download=False).path)
-    sd.setdefault("fc.weight", torch.zeros(1008, 2048))  # torch-fidelity insists on a head; FID ignores it
-    sd.setdefault("fc.bias", torch.zeros(1008))
-    weights = work / "inception.pth"
-    torch.save(sd, weights)
+    weights = weights_for_torch_fidelity(resolve_weights(None, allow_download=False).path, work / "inception.pth")
     ext = build_extractor(p.eval)
     ext.extract(a[:2], 2)  # warm-up, like torch-fidelity's first batch
     t0 = time.perf_counter()
@@ -67,7 +53,7 @@ def main() -> None:
     ext.extract(b, p.eval.batch_size)
     ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    torch_fidelity.calculate_metrics(input1=Images(a), input2=Images(b), fid=True, cuda=False, cache=False,
+    torch_fidelity.calculate_metrics(input1=ImageTensors(a), input2=ImageTensors(b), fid=True, cuda=False, cache=False,
                                      verbose=False, batch_size=p.eval.batch_size,
                                      feature_extractor_weights_path=str(weights))
     theirs = time.perf_counter() - t0

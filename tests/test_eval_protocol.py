@@ -135,27 +135,12 @@ def test_agreement_with_torch_fidelity_on_the_same_images(trained_project, tmp_p
     ours = {"fid": frechet_distance(*feature_stats(fr), *feature_stats(ff)),
             "kid": kernel_inception_distance(fr, ff, subset_size=36, subsets=1)[0]}
 
-    class Images(torch.utils.data.Dataset):
-        def __init__(self, x):
-            self.x = x
+    from ganpipe.inception import resolve_weights
+    from ganpipe.peer import ImageTensors, weights_for_torch_fidelity
 
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return self.x[i]
-
-    from ganpipe.inception import read_state_dict, resolve_weights
-
-    # torch-fidelity loads strictly and wants a classifier head; FID/KID/PR use the 2048-d pool
-    # features before it, so a zero head changes none of the compared numbers.
-    sd = read_state_dict(resolve_weights(None, allow_download=False).path)
-    sd.setdefault("fc.weight", torch.zeros(1008, 2048))
-    sd.setdefault("fc.bias", torch.zeros(1008))
-    weights = tmp_path / "inception-with-zero-head.pth"
-    torch.save(sd, weights)
+    weights = weights_for_torch_fidelity(resolve_weights(None, allow_download=False).path, tmp_path / "w.pth")
     theirs = torch_fidelity.calculate_metrics(
-        input1=Images(fake), input2=Images(real), fid=True, kid=True, kid_subset_size=36,
+        input1=ImageTensors(fake), input2=ImageTensors(real), fid=True, kid=True, kid_subset_size=36,
         kid_subsets=1, cuda=False, cache=False, verbose=False, batch_size=20,
         feature_extractor_weights_path=str(weights))
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
