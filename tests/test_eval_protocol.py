@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from ganpipe import cache
 from ganpipe.checkpoint import load_generator
 from ganpipe.data import load_split
 from ganpipe.errors import ConfigError
@@ -41,7 +40,8 @@ class CountingExtractor:
         return self.inner.extract_all(images, batch_size)
 
 
-def test_reference_stats_are_computed_once_per_content_key(trained_project, tmp_path):
+def test_reference_stats_are_computed_once_per_content_key(trained_project, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANPIPE_CACHE_DIR", str(tmp_path / "cache"))  # start cold
     p, lay = trained_project
     ext = CountingExtractor(build_extractor(p.eval))
     first = compute_ref_stats(ext, 64, 32, lay.prepared_dir, tmp_path / "a.npz")
@@ -55,7 +55,8 @@ def test_reference_stats_are_computed_once_per_content_key(trained_project, tmp_
     assert {"data_sha256", "weights_sha256", "resize", "num_real"} <= first.key.keys()
 
 
-def test_a_second_evaluation_of_the_same_generator_reuses_its_features(trained_project, monkeypatch):
+def test_a_second_evaluation_of_the_same_generator_reuses_its_features(trained_project, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANPIPE_CACHE_DIR", str(tmp_path / "cache"))  # start cold
     p, lay = trained_project
     ref = load_ref_stats(lay.ref_stats_path)
     G, _ = load_generator(lay.checkpoint_path)
@@ -63,6 +64,7 @@ def test_a_second_evaluation_of_the_same_generator_reuses_its_features(trained_p
     first = score_generator(G, ext, ref, p.eval)
     seen = ext.images
     second = score_generator(G, ext, ref, p.eval)
+    assert seen == p.eval.num_fake and not first["generated_features_cached"]
     assert ext.images == seen and second["generated_features_cached"]
     assert {k: v for k, v in first.items() if k != "generated_features_cached"} == \
         {k: v for k, v in second.items() if k != "generated_features_cached"}

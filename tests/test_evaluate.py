@@ -11,7 +11,7 @@ from ganpipe.checkpoint import load_generator
 from ganpipe.errors import DataError
 from ganpipe.evaluate import evaluate
 from ganpipe.features import build_extractor
-from ganpipe.metrics import frechet_distance
+from ganpipe.frechet import frechet_distance
 from ganpipe.models import sample
 from ganpipe.refstats import load_ref_stats
 from tests.conftest import mlflow_client
