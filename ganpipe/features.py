@@ -25,7 +25,7 @@ class Extractor:
     name: str
     net: nn.Module
     weights_sha256: str
-    weights_source: str
+    weights_source: str  # where the weights came from, with the file's own sha256
     resize: str
     dim: int
     has_head: bool = False
@@ -92,5 +92,6 @@ def build_extractor(p: EvalParams, device: torch.device | str = "cpu") -> Extrac
     outputs = ["2048", "logits_unbiased"] if weights.has_head else ["2048"]
     # channels_last: ~1.5x faster convolutions on CPU (features differ by ~1e-6 from NCHW order)
     net = load_inception(weights, outputs).to(device, memory_format=torch.channels_last)
-    return Extractor("inception-v3-tf-2015-12-05", net, weights.sha256, weights.source, "tf1-bilinear-299",
+    return Extractor("inception-v3-tf-2015-12-05", net, weights.sha256,
+                     f"{weights.source}:{weights.path.name}:sha256={weights.file_sha256}", "tf1-bilinear-299",
                      dim=2048, has_head=weights.has_head)

