@@ -7,6 +7,7 @@ comparable with published numbers, and the protocol fingerprint says which extra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +23,23 @@ TINY_SEED = 1234
 
 @dataclass
 class Extractor:
+    """A feature network and its identity; the network is built on first use, so a fully cached
+    evaluation never loads it."""
+
     name: str
-    net: nn.Module
+    build: Callable[[], nn.Module]
     weights_sha256: str
     weights_source: str  # where the weights came from, with the file's own sha256
     resize: str
     dim: int
     has_head: bool = False
+    _net: nn.Module | None = None
+
+    @property
+    def net(self) -> nn.Module:
+        if self._net is None:
+            self._net = self.build()
+        return self._net
 
     @torch.no_grad()
     def extract_all(self, images: np.ndarray | torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -84,14 +95,17 @@ class TinyFeatures(nn.Module):
 def build_extractor(p: EvalParams, device: torch.device | str = "cpu") -> Extractor:
     """The extractor named by `eval.extractor`, on `device`."""
     if p.extractor == "tiny":
-        net = TinyFeatures()
-        return Extractor("tiny-random-conv", net.to(device), state_sha256(net), "builtin", "bilinear-antialias-32",
+        net = TinyFeatures().to(device)
+        return Extractor("tiny-random-conv", lambda: net, state_sha256(net), "builtin", "bilinear-antialias-32",
                          dim=64)
     weights = resolve_weights(p.inception_weights)
     # "logits_unbiased" is what the Inception Score uses (torch-fidelity's convention)
     outputs = ["2048", "logits_unbiased"] if weights.has_head else ["2048"]
-    # channels_last: ~1.5x faster convolutions on CPU (features differ by ~1e-6 from NCHW order)
-    net = load_inception(weights, outputs).to(device, memory_format=torch.channels_last)
-    return Extractor("inception-v3-tf-2015-12-05", net, weights.sha256,
+
+    def build() -> nn.Module:
+        # channels_last: ~1.5x faster convolutions on CPU (features differ by ~1e-6 from NCHW order)
+        return load_inception(weights, outputs).to(device, memory_format=torch.channels_last)
+
+    return Extractor("inception-v3-tf-2015-12-05", build, weights.sha256,
                      f"{weights.source}:{weights.path.name}:sha256={weights.file_sha256}", "tf1-bilinear-299",
                      dim=2048, has_head=weights.has_head)
