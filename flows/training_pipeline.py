@@ -53,4 +53,6 @@ def training_pipeline(project_dir: str = ".") -> dict:
     result = read_json(lay.registration_path, "the register stage")
     state = "it is the new champion" if result["promoted"] else f"champion stays v{result['champion']}"
     print(f"registered {result['model_name']} v{result['version']}: {state} ({result['reason']})")
+    for c in result.get("checks", []):
+        print(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
     return result

@@ -99,6 +99,8 @@ def cmd_register(args) -> None:
     r = register(p.registry, p.eval, args.layout)
     state = f"now {r['alias']}" if r["promoted"] else f"{r['alias']} stays v{r['champion']}"
     print(f"registered {r['model_name']} v{r['version']}: {state} ({r['reason']})")
+    for c in r["checks"]:
+        print(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
 
 
 def cmd_run(args) -> None:

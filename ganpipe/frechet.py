@@ -83,3 +83,24 @@ def bootstrap_fid(mu_r: np.ndarray, sigma_r: np.ndarray, fake: np.ndarray, repli
                          for _ in range(replicates)])
     low = _LowRank(mu_r, sigma_r, fake)
     return np.array([low.fid(rng.integers(0, n, n)) for _ in range(replicates)])
+
+
+def paired_bootstrap_fid(mu_r: np.ndarray, sigma_r: np.ndarray, fake_a: np.ndarray, fake_b: np.ndarray,
+                         replicates: int, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """FID(b) - FID(a) on the full sets, and over `replicates` paired resamples (same indices for both,
+    since sample i of a and of b come from the same latent seed)."""
+    n = len(fake_a)
+    if len(fake_b) != n:
+        raise ValueError(f"paired sets differ in size ({n} vs {len(fake_b)})")
+    if n > np.shape(fake_a)[1]:
+        a, b = np.asarray(fake_a, np.float64), np.asarray(fake_b, np.float64)
+
+        def fid(y, idx):
+            return frechet_distance(mu_r, sigma_r, *feature_stats(y[idx]))
+
+        diff = lambda idx: fid(b, idx) - fid(a, idx)  # noqa: E731
+    else:
+        la, lb = _LowRank(mu_r, sigma_r, fake_a), _LowRank(mu_r, sigma_r, fake_b)
+        diff = lambda idx: lb.fid(idx) - la.fid(idx)  # noqa: E731
+    point = diff(np.arange(n))
+    return point, np.array([diff(rng.integers(0, n, n)) for _ in range(replicates)])

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ganpipe.errors import ConfigError
-from ganpipe.frechet import bootstrap_fid, feature_stats, fid_from_features
+from ganpipe.frechet import bootstrap_fid, feature_stats, fid_from_features, paired_bootstrap_fid
 from ganpipe.inception_score import inception_score
-from ganpipe.kid import bootstrap_kid, kernel_inception_distance
+from ganpipe.kid import bootstrap_kid, kernel_inception_distance, paired_bootstrap_kid
 from ganpipe.manifold import density_coverage, memorization, precision_recall
 
 
@@ -127,6 +127,20 @@ def compute(names: list[str], real: FeatureSet, fake: FeatureSet,
         except Unavailable as exc:
             unavailable[name] = str(exc)
     return scores, unavailable
+
+
+def paired_difference(key: str, real: FeatureSet, a: FeatureSet, b: FeatureSet, replicates: int,
+                      confidence: float, seed: int) -> tuple[float, float, float]:
+    """(point, low, high): metric `key` of b minus that of a, with a paired-bootstrap interval over
+    the generated samples (a and b come from the same seeds). Supports `fid` and `kid`."""
+    rng = np.random.default_rng(seed)
+    if key == "kid":
+        point, reps = paired_bootstrap_kid(real.features, a.features, b.features, replicates, rng)
+    elif key == "fid":
+        point, reps = paired_bootstrap_fid(real.mu, real.sigma, a.features, b.features, replicates, rng)
+    else:
+        raise ConfigError(f"a paired bootstrap is defined for fid and kid, not {key!r}")
+    return (point, *_interval(point, reps, confidence))
 
 
 def higher_is_better(key: str) -> bool:

@@ -94,19 +94,33 @@ class EvalParams(_Section):
         return v
 
 
+def _check_keys(keys: list[str]) -> list[str]:
+    from ganpipe.metrics import DIRECTIONS
+
+    unknown = [k for k in keys if k not in DIRECTIONS]
+    if unknown:
+        raise ValueError(f"unknown metric key {unknown[0]!r} (valid: {', '.join(DIRECTIONS)})")
+    return keys
+
+
+class GateParams(_Section):
+    """When a new version may take the alias: better with confidence, and no worse where it matters."""
+
+    margin: float = Field(ge=0, description="the interval on (candidate - champion) must clear this")
+    bootstrap: int = Field(ge=10, description="paired bootstrap resamples of the generated samples")
+    confidence: float = Field(gt=0, lt=1)
+    guard_metrics: list[str] = Field(description="may not be worse than the champion's beyond the tolerance")
+    guard_tolerance: float = Field(ge=0)
+    memorization_limit: float = Field(gt=0, le=1)
+
+    _guards = field_validator("guard_metrics")(classmethod(lambda cls, v: _check_keys(v)))
+
+
 class RegistryParams(_Section):
     model_name: str = Field(min_length=1)
     alias: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
-    primary_metric: str
-
-    @field_validator("primary_metric")
-    @classmethod
-    def _known_key(cls, v: str) -> str:
-        from ganpipe.metrics import DIRECTIONS
-
-        if v not in DIRECTIONS:
-            raise ValueError(f"unknown metric key {v!r} (valid: {', '.join(DIRECTIONS)})")
-        return v
+    primary_metric: Literal["fid", "kid"] = Field(description="compared with a paired bootstrap")
+    gate: GateParams
 
 
 class Params(_Section):

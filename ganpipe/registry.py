@@ -27,12 +27,13 @@ from ganpipe.checkpoint import load_checkpoint
 from ganpipe.checkpoint import load_generator as load_checkpoint_generator
 from ganpipe.device import resolve_device
 from ganpipe.errors import RegistryError
-from ganpipe.evaluate import score_generator, scores_of
+from ganpipe.evaluate import generated_features, score_generator, scores_of
 from ganpipe.features import build_extractor
 from ganpipe.io import read_json, write_json
 from ganpipe.params import EvalParams, RegistryParams, parse_params
 from ganpipe.paths import Layout
-from ganpipe.promotion import decide
+from ganpipe.metrics import paired_difference
+from ganpipe.promotion import gate
 from ganpipe.refstats import load_ref_stats
 
 PACKAGE_DIR = Path(ganpipe.__file__).parent
@@ -107,8 +108,8 @@ def _stored_result(tags: dict, prefix: str, fp: str) -> dict:
     return {**scores, "fingerprint": fp}
 
 
-def champion_result(client: MlflowClient, holder, fp: str, p: EvalParams, ref_stats_path: Path,
-                    name: str) -> dict:
+def champion_result(client: MlflowClient, holder, G: torch.nn.Module, fp: str, p: EvalParams, extractor,
+                    ref, name: str) -> dict:
     """The champion's scores under fingerprint `fp`: its own, a cached re-score, or a fresh re-score."""
     tags = holder.tags
     if tags.get("eval.fingerprint") == fp:
@@ -118,9 +119,7 @@ def champion_result(client: MlflowClient, holder, fp: str, p: EvalParams, ref_st
         return cached
     print(f"champion v{holder.version} was scored under protocol {tags.get('eval.fingerprint')}; "
           f"re-scoring it under {fp}")
-    device = resolve_device()
-    G = load_generator(f"models:/{name}/{holder.version}", device)
-    result = score_generator(G, build_extractor(p, device), load_ref_stats(ref_stats_path), p)
+    result = score_generator(G, extractor, ref, p)
     for k, v in scores_of(result).items():
         client.set_model_version_tag(name, holder.version, f"rescore.{result['fingerprint']}.{k}", str(v))
     return result
@@ -140,16 +139,29 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
     # Decide first: a refused comparison (IncomparableError) leaves no half-registered version behind.
     holder = current_holder(client, rp.model_name, rp.alias)
     previous = None if holder is None else str(holder.version)
-    champ = None if holder is None else champion_result(client, holder, fp, ep, layout.ref_stats_path,
-                                                        rp.model_name)
-    decision = decide(candidate, champ, rp.primary_metric)
+    champ, diff = None, None
+    if holder is not None:
+        device = resolve_device()
+        extractor = build_extractor(ep, device)
+        ref = load_ref_stats(layout.ref_stats_path)
+        G_champ = load_generator(f"models:/{rp.model_name}/{holder.version}", device)
+        G_cand = load_checkpoint_generator(layout.checkpoint_path, device)[0]
+        champ = champion_result(client, holder, G_champ, fp, ep, extractor, ref, rp.model_name)
+        # Same seeds for both models: sample i of one pairs with sample i of the other (cached features).
+        fa, _ = generated_features(G_champ, extractor, ep)
+        fb, _ = generated_features(G_cand, extractor, ep)
+        g = rp.gate
+        diff = paired_difference(rp.primary_metric, ref.stats, fa, fb, g.bootstrap, g.confidence, ep.seed)
+    decision = gate(candidate, champ, rp.primary_metric, diff, rp.gate)
 
     with mlflow.start_run(run_id=info["mlflow_run_id"]):
         version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name)
     tags = {"data_sha256": info["data_sha256"], "params_hash": train_params.section_hash(),
             "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
             "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in scores_of(candidate).items()},
-            "gate.decision": "promoted" if decision.promote else "rejected", "gate.reason": decision.reason}
+            "gate.decision": "promoted" if decision.promote else "rejected", "gate.reason": decision.reason,
+            **{f"gate.check.{c.name}": f"{'pass' if c.passed else 'fail'}: {c.detail}" for c in decision.checks},
+            **({} if diff is None else {f"gate.{rp.primary_metric}_diff": "{:.6g} [{:.6g}, {:.6g}]".format(*diff)})}
     for k, v in tags.items():
         client.set_model_version_tag(rp.model_name, version, k, v)
     if decision.promote:
@@ -158,6 +170,9 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
     result = {"model_name": rp.model_name, "version": version, "model_uri": uri, "alias": rp.alias,
               "promoted": decision.promote, "reason": decision.reason, "previous_champion": previous,
               "champion": version if decision.promote else previous, "metrics": scores_of(candidate),
-              "champion_metrics": None if champ is None else scores_of(champ), "fingerprint": fp}
+              "champion_metrics": None if champ is None else scores_of(champ), "fingerprint": fp,
+              "interval": None if diff is None else {"metric": rp.primary_metric, "point": diff[0], "low": diff[1],
+                                                     "high": diff[2], "confidence": rp.gate.confidence},
+              "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in decision.checks]}
     write_json(layout.registration_path, result)
     return result

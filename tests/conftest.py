@@ -100,6 +100,11 @@ def mlflow_client(root: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def last_conv_key(state: dict) -> str:
+    """The generator's output layer weight (zeroing it gives flat grey images)."""
+    return [k for k in state if k.endswith("weight") and state[k].ndim == 4][-1]
+
+
 def build_trained(root: Path):
     """Prepare, reference statistics and a tiny training run in-process; returns (params, layout)."""
     from ganpipe.data import prepare

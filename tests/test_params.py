@@ -78,8 +78,8 @@ def test_unknown_metric_lists_the_valid_ones():
     raw["eval"]["metrics"] = ["fid", "isc"]
     assert "unknown metric 'isc' (valid: fid, kid, is, pr, dc, memorization)" in _error(raw)
     raw = shipped_params()
-    raw["registry"]["primary_metric"] = "f_score"
-    assert "registry.primary_metric = 'f_score'" in _error(raw) and "recall" in _error(raw)
+    raw["registry"]["gate"]["guard_metrics"] = ["recall", "f_score"]
+    assert "registry.gate.guard_metrics" in _error(raw) and "unknown metric key 'f_score'" in _error(raw)
 
 
 def test_every_problem_is_reported_at_once():

@@ -11,88 +11,109 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ganpipe import tracking
 from ganpipe.checkpoint import load_generator
 from ganpipe.evaluate import evaluate
 from ganpipe.models import sample
-from ganpipe.promotion import decide
+from ganpipe.checkpoint import load_checkpoint, save_checkpoint
+from ganpipe.params import GateParams
+from ganpipe.promotion import gate
 from ganpipe.protocol import IncomparableError
 from ganpipe.registry import register
-from tests.conftest import mlflow_client
+from tests.conftest import last_conv_key, mlflow_client
 
 
-FP = {"fingerprint": "aaaa"}
+G = GateParams(margin=0.0, bootstrap=100, confidence=0.95, guard_metrics=["recall", "coverage"],
+               guard_tolerance=0.05, memorization_limit=0.2)
+CHAMP = {"kid": 0.50, "recall": 0.40, "coverage": 0.50, "memorization": 0.05, "fingerprint": "aaaa"}
 
 
-@pytest.mark.parametrize("candidate,champion,promote,words", [
-    ({"kid": 0.5, **FP}, None, True, "first version"),
-    ({"kid": 0.4, **FP}, {"kid": 0.5, **FP}, True, "beats"),
-    ({"kid": 0.5, **FP}, {"kid": 0.5, **FP}, False, "does not beat"),   # a tie keeps the champion
-    ({"kid": 0.6, **FP}, {"kid": 0.5, **FP}, False, "does not beat"),
-    ({"kid": math.nan, **FP}, None, False, "no finite kid"),
-    ({"fid": 1.0, **FP}, None, False, "no finite kid"),
+def _cand(**changes):
+    return {**CHAMP, **changes}
+
+
+@pytest.mark.parametrize("candidate,champion,diff,promote,words", [
+    (_cand(), None, None, True, "first version"),
+    (_cand(memorization=0.9), None, None, False, "memorization"),
+    (_cand(kid=math.nan), None, None, False, "no finite kid"),
+    (_cand(kid=0.30), CHAMP, (-0.20, -0.25, -0.15), True, "all checks passed"),          # clear win
+    (_cand(kid=0.49), CHAMP, (-0.01, -0.05, 0.03), False, "kid_better failed"),          # a tie
+    (_cand(kid=0.30, recall=0.20), CHAMP, (-0.20, -0.25, -0.15), False, "recall_not_worse failed"),
+    (_cand(kid=0.30, coverage=0.46), CHAMP, (-0.20, -0.25, -0.15), True, "all checks passed"),  # within 0.05
+    (_cand(kid=0.30, memorization=0.5), CHAMP, (-0.20, -0.25, -0.15), False, "memorization failed"),
 ])
-def test_promotion_rule(candidate, champion, promote, words):
-    d = decide(candidate, champion, "kid")
+def test_gate_on_synthetic_scores(candidate, champion, diff, promote, words):
+    d = gate(candidate, champion, "kid", diff, G)
     assert d.promote is promote and words in d.reason
+    assert all(c.passed for c in d.checks) is promote or champion is None
 
 
-def test_promotion_refuses_results_from_different_protocols():
-    candidate = {"kid": 0.1, "fingerprint": "aaaa", "protocol": {"num_fake": 500}}
-    champion = {"kid": 0.5, "fingerprint": "bbbb", "protocol": {"num_fake": 50000}}
+def test_gate_margin_and_direction():
+    strict = G.model_copy(update={"margin": 0.2})
+    assert not gate(_cand(kid=0.3), CHAMP, "kid", (-0.2, -0.25, -0.15), strict).promote
+    assert gate(_cand(kid=0.3), CHAMP, "kid", (-0.3, -0.35, -0.25), strict).promote
+
+
+def test_gate_refuses_results_from_different_protocols():
+    candidate = _cand(fingerprint="bbbb", protocol={"num_fake": 500})
+    champion = {**CHAMP, "protocol": {"num_fake": 50000}}
     with pytest.raises(IncomparableError, match="num_fake: 500 vs 50000"):
-        decide(candidate, champion, "kid")
+        gate(candidate, champion, "kid", (-0.2, -0.25, -0.15), G)
 
 
-def _set_metrics(lay, **changes):
-    m = json.loads(lay.metrics_path.read_text())
-    m.update(changes)
-    lay.metrics_path.write_text(json.dumps(m))
-    return m
+def _evaluate(p, lay):
+    return evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
 
 
-def test_register_promote_reject_and_rescore(trained_project):
+def test_register_first_better_worse_tie_and_rescore(trained_project):
     p, lay = trained_project
-    evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
-    real = json.loads(lay.metrics_path.read_text())
     name, alias = p.registry.model_name, p.registry.alias
-
-    r1 = register(p.registry, p.eval, lay)
-    assert r1["promoted"] and r1["version"] == "1" and r1["previous_champion"] is None
     client = mlflow_client(lay.root)
-    assert str(client.get_model_version_by_alias(name, alias).version) == "1"
-    tags = client.get_model_version(name, "1").tags
-    run_info = json.loads(lay.run_info_path.read_text())
-    assert tags["data_sha256"] == run_info["data_sha256"]
-    assert tags["git_commit"] == run_info["git_commit"] and len(tags["params_hash"]) == 64
-    assert float(tags["metric.kid"]) == pytest.approx(real["kid"]) and tags["gate.decision"] == "promoted"
+    original = lay.checkpoint_path.read_bytes()
+    ckpt = load_checkpoint(lay.checkpoint_path)
+    broken = {k: (torch.zeros_like(v) if k == last_conv_key(ckpt["G_ema"]) else v) for k, v in ckpt["G_ema"].items()}
+    save_checkpoint(lay.checkpoint_path, {k: v for k, v in {**ckpt, "G_ema": broken}.items() if k != "format_version"})
+    try:
+        _evaluate(p, lay)   # a generator whose last layer is zeroed: flat grey images
+        r1 = register(p.registry, p.eval, lay)
+        assert r1["promoted"] and r1["version"] == "1" and r1["interval"] is None
 
-    _set_metrics(lay, kid=real["kid"] + 1.0)  # a worse challenger under the same protocol
-    r2 = register(p.registry, p.eval, lay)
-    assert not r2["promoted"] and r2["version"] == "2" and r2["champion"] == "1"
-    assert str(client.get_model_version_by_alias(name, alias).version) == "1"
-    assert client.get_model_version(name, "2").tags["gate.decision"] == "rejected"
+        lay.checkpoint_path.write_bytes(original)
+        good = _evaluate(p, lay)
+        r2 = register(p.registry, p.eval, lay)
+        assert r2["promoted"], r2["reason"]
+        assert r2["interval"]["high"] < 0 and r2["previous_champion"] == "1"
+        assert {c["name"] for c in r2["checks"]} == {"kid_better", "recall_not_worse", "coverage_not_worse",
+                                                     "memorization"}
+        tags = client.get_model_version(name, "2").tags
+        assert tags["gate.decision"] == "promoted" and tags["gate.check.kid_better"].startswith("pass")
+        run_info = json.loads(lay.run_info_path.read_text())
+        assert tags["data_sha256"] == run_info["data_sha256"] and tags["git_commit"] == run_info["git_commit"]
+        assert len(tags["params_hash"]) == 64 and float(tags["metric.kid"]) == pytest.approx(good["kid"])
 
-    _set_metrics(lay, kid=real["kid"] - 1.0)  # a better one
-    r3 = register(p.registry, p.eval, lay)
-    assert r3["promoted"] and str(client.get_model_version_by_alias(name, alias).version) == "3"
+        r3 = register(p.registry, p.eval, lay)   # the same weights again: a tie keeps the champion
+        assert not r3["promoted"] and r3["champion"] == "2"
+        assert r3["interval"]["low"] <= 0 <= r3["interval"]["high"]
+        assert client.get_model_version(name, "3").tags["gate.decision"] == "rejected"
 
-    # The champion was scored under an older protocol: it is re-scored under the current one (its real
-    # scores, not the stored -1.0 offset ones) before the comparison, and the re-score is cached on it.
-    _set_metrics(lay, kid=real["kid"] - 0.5)
-    client.set_model_version_tag(name, "3", "eval.fingerprint", "0123456789abcdef")
-    r4 = register(p.registry, p.eval, lay)
-    assert r4["champion_metrics"]["kid"] == pytest.approx(real["kid"], rel=1e-9)
-    assert r4["promoted"]
-    assert f"rescore.{real['fingerprint']}.kid" in client.get_model_version(name, "3").tags
-    assert json.loads(lay.registration_path.read_text())["version"] == "4"
+        # The champion was scored under an older protocol: it is re-scored under the current one.
+        client.set_model_version_tag(name, "2", "eval.fingerprint", "0123456789abcdef")
+        r4 = register(p.registry, p.eval, lay)
+        assert r4["champion_metrics"]["kid"] == pytest.approx(good["kid"], rel=1e-9)
+        assert f"rescore.{good['fingerprint']}.kid" in client.get_model_version(name, "2").tags
 
-    # A candidate whose scores come from another protocol than the champion's is refused, not compared.
-    _set_metrics(lay, fingerprint="fedcba9876543210")
-    with pytest.raises(IncomparableError, match="refusing to compare the candidate and the champion"):
-        register(p.registry, p.eval, lay)
-    assert str(client.get_model_version_by_alias(name, alias).version) == "4"
+        # Scores from another protocol than the champion's are refused, and nothing is registered.
+        m = json.loads(lay.metrics_path.read_text())
+        lay.metrics_path.write_text(json.dumps({**m, "fingerprint": "fedcba9876543210"}))
+        with pytest.raises(IncomparableError, match="refusing to compare the candidate and the champion"):
+            register(p.registry, p.eval, lay)
+        assert len(client.search_model_versions(f"name='{name}'")) == 4
+        assert str(client.get_model_version_by_alias(name, alias).version) == "2"
+    finally:
+        lay.checkpoint_path.write_bytes(original)
+        _evaluate(p, lay)
 
 
 def test_champion_loads_without_pickle_and_generates_like_the_checkpoint(trained_project, tmp_path):
