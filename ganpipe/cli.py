@@ -103,6 +103,47 @@ def cmd_register(args) -> None:
         print(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
 
 
+def _registry(args):
+    from mlflow.tracking import MlflowClient
+
+    from ganpipe import tracking
+
+    tracking.configure(args.layout.root)
+    return MlflowClient(), _params(args).registry
+
+
+def _print_move(e: dict) -> None:
+    print(f"{e['at']}  {e['alias']}: {'v' + e['from'] if e['from'] else '-'} -> v{e['to']}  by {e['by']} "
+          f"via {e['via']}: {e['reason']}")
+
+
+def cmd_history(args) -> None:
+    from ganpipe.registry import history
+
+    client, reg = _registry(args)
+    for v in sorted(client.search_model_versions(f"name='{reg.model_name}'"), key=lambda v: int(v.version)):
+        t = v.tags
+        print(f"v{v.version}  {t.get('gate.decision', '?'):<9} {reg.primary_metric}={t.get('metric.' + reg.primary_metric, '?')}"
+              f"  aliases={','.join(v.aliases) or '-'}  run={t.get('mlflow_run_id', '?')[:8]}  {t.get('gate.reason', '')}")
+    print()
+    for e in history(client, reg.model_name):
+        _print_move(e)
+
+
+def cmd_promote(args) -> None:
+    from ganpipe.registry import promote
+
+    client, reg = _registry(args)
+    _print_move(promote(client, reg.model_name, reg.alias, str(args.version), args.reason))
+
+
+def cmd_rollback(args) -> None:
+    from ganpipe.registry import rollback
+
+    client, reg = _registry(args)
+    _print_move(rollback(client, reg.model_name, reg.alias, args.reason))
+
+
 def cmd_run(args) -> None:
     from flows.training_pipeline import training_pipeline
 
@@ -153,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("a", help="metrics JSON, models:/NAME/VERSION (or @ALIAS) or runs:/RUN_ID")
     c.add_argument("b", help="the same kinds as A")
     c.set_defaults(fn=cmd_compare)
+    sub.add_parser("history", help="registered versions, gate decisions and every alias move").set_defaults(
+        fn=cmd_history)
+    pr = sub.add_parser("promote", help="manual override: move the champion alias to a version")
+    pr.add_argument("--version", required=True, type=int)
+    pr.add_argument("--reason", required=True, help="why (recorded in the history)")
+    pr.set_defaults(fn=cmd_promote)
+    rb = sub.add_parser("rollback", help="move the champion alias back to the previous version")
+    rb.add_argument("--reason", default="rollback", help="why (recorded in the history)")
+    rb.set_defaults(fn=cmd_rollback)
     g = sub.add_parser("generate", help="write a grid of generated images")
     g.add_argument("--model", default=None,
                    help="models:/NAME@ALIAS, models:/NAME/VERSION or a checkpoint path "
