@@ -34,6 +34,7 @@ from ganpipe.errors import RegistryError
 from ganpipe.evaluate import generated_features, score_generator, scores_of
 from ganpipe.features import build_extractor
 from ganpipe.io import read_json, write_json
+from ganpipe.locking import registry_lock
 from ganpipe.params import EvalParams, RegistryParams, parse_params
 from ganpipe.paths import Layout
 from ganpipe.metrics import paired_difference
@@ -49,7 +50,7 @@ CHALLENGER = "challenger"  # the latest version that did not pass the gate
 HISTORY_PREFIX = "alias_move."
 POST_CHECK = "post-promotion check"
 CHECK_IMAGES = 16
-MIN_DIVERSITY = 1e-3  # mean pairwise RMS pixel distance in [-1, 1] units below which images are "all alike"
+MIN_DIVERSITY = 1e-5  # mean pairwise RMS pixel distance (in [-1, 1] units) below which images are "all alike"
 
 
 class PromotionCheckFailed(RegistryError):
@@ -153,13 +154,19 @@ def promote(client: MlflowClient, name: str, alias: str, version: str, reason: s
         client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise RegistryError(f"{name} v{version}: {exc.message.splitlines()[0]}") from None
-    event = move_alias(client, name, alias, str(version), "promote (manual)", reason)
-    verify_alias(client, name, alias, str(version), event["from"])
+    with registry_lock(mlflow.get_tracking_uri(), name):
+        event = move_alias(client, name, alias, str(version), "promote (manual)", reason)
+        verify_alias(client, name, alias, str(version), event["from"])
     return event
 
 
 def rollback(client: MlflowClient, name: str, alias: str, reason: str) -> dict:
     """Move `alias` back to the version it held before its current one."""
+    with registry_lock(mlflow.get_tracking_uri(), name):
+        return _rollback(client, name, alias, reason)
+
+
+def _rollback(client: MlflowClient, name: str, alias: str, reason: str) -> dict:
     holder = current_holder(client, name, alias)
     if holder is None:
         raise RegistryError(f"{name} has no {alias} to roll back")
@@ -229,41 +236,44 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
     candidate = {**scores_of(metrics), "fingerprint": metrics["fingerprint"], "protocol": metrics.get("protocol")}
     fp = metrics["fingerprint"]
 
-    tracking.configure(layout.root)
+    tracking_uri = tracking.configure(layout.root)
     client = MlflowClient()
-    # Decide first: a refused comparison (IncomparableError) leaves no half-registered version behind.
-    holder = current_holder(client, rp.model_name, rp.alias)
-    previous = None if holder is None else str(holder.version)
-    champ, diff = None, None
-    if holder is not None:
-        device = resolve_device()
-        extractor = build_extractor(ep, device)
-        ref = load_ref_stats(layout.ref_stats_path)
-        G_champ = load_generator(f"models:/{rp.model_name}/{holder.version}", device)
-        G_cand = load_checkpoint_generator(layout.checkpoint_path, device)[0]
-        champ = champion_result(client, holder, G_champ, fp, ep, extractor, ref, rp.model_name)
-        # Same seeds for both models: sample i of one pairs with sample i of the other (cached features).
-        fa, _ = generated_features(G_champ, extractor, ep)
-        fb, _ = generated_features(G_cand, extractor, ep)
-        g = rp.gate
-        diff = paired_difference(rp.primary_metric, ref.stats, fa, fb, g.bootstrap, g.confidence, ep.seed)
-    decision = gate(candidate, champ, rp.primary_metric, diff, rp.gate)
+    # One decision at a time per model and store: a pipeline finishing at the same moment waits, then is
+    # compared with whatever this one leaves as champion (never both "first version", never the worse one).
+    with registry_lock(tracking_uri, rp.model_name):
+        # Decide first: a refused comparison (IncomparableError) leaves no half-registered version behind.
+        holder = current_holder(client, rp.model_name, rp.alias)
+        previous = None if holder is None else str(holder.version)
+        champ, diff = None, None
+        if holder is not None:
+            device = resolve_device()
+            extractor = build_extractor(ep, device)
+            ref = load_ref_stats(layout.ref_stats_path)
+            G_champ = load_generator(f"models:/{rp.model_name}/{holder.version}", device)
+            G_cand = load_checkpoint_generator(layout.checkpoint_path, device)[0]
+            champ = champion_result(client, holder, G_champ, fp, ep, extractor, ref, rp.model_name)
+            # Same seeds for both models: sample i of one pairs with sample i of the other (cached features).
+            fa, _ = generated_features(G_champ, extractor, ep)
+            fb, _ = generated_features(G_cand, extractor, ep)
+            g = rp.gate
+            diff = paired_difference(rp.primary_metric, ref.stats, fa, fb, g.bootstrap, g.confidence, ep.seed)
+        decision = gate(candidate, champ, rp.primary_metric, diff, rp.gate)
 
-    with mlflow.start_run(run_id=info["mlflow_run_id"]):
-        version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name)
-    tags = {"data_sha256": info["data_sha256"], "params_hash": train_params.section_hash(),
-            "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
-            "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in scores_of(candidate).items()},
-            "gate.decision": "promoted" if decision.promote else "rejected", "gate.reason": decision.reason,
-            **{f"gate.check.{c.name}": f"{'pass' if c.passed else 'fail'}: {c.detail}" for c in decision.checks},
-            **({} if diff is None else {f"gate.{rp.primary_metric}_diff": "{:.6g} [{:.6g}, {:.6g}]".format(*diff)})}
-    for k, v in tags.items():
-        client.set_model_version_tag(rp.model_name, version, k, v)
-    if decision.promote:
-        move_alias(client, rp.model_name, rp.alias, version, "register (gate)", decision.reason)
-        verify_alias(client, rp.model_name, rp.alias, version, previous)
-    else:
-        move_alias(client, rp.model_name, CHALLENGER, version, "register (gate)", decision.reason)
+        with mlflow.start_run(run_id=info["mlflow_run_id"]):
+            version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name)
+        tags = {"data_sha256": info["data_sha256"], "params_hash": train_params.section_hash(),
+                "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
+                "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in scores_of(candidate).items()},
+                "gate.decision": "promoted" if decision.promote else "rejected", "gate.reason": decision.reason,
+                **{f"gate.check.{c.name}": f"{'pass' if c.passed else 'fail'}: {c.detail}" for c in decision.checks},
+                **({} if diff is None else {f"gate.{rp.primary_metric}_diff": "{:.6g} [{:.6g}, {:.6g}]".format(*diff)})}
+        for k, v in tags.items():
+            client.set_model_version_tag(rp.model_name, version, k, v)
+        if decision.promote:
+            move_alias(client, rp.model_name, rp.alias, version, "register (gate)", decision.reason)
+            verify_alias(client, rp.model_name, rp.alias, version, previous)
+        else:
+            move_alias(client, rp.model_name, CHALLENGER, version, "register (gate)", decision.reason)
 
     result = {"model_name": rp.model_name, "version": version, "model_uri": uri, "alias": rp.alias,
               "promoted": decision.promote, "reason": decision.reason, "previous_champion": previous,

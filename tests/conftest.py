@@ -117,6 +117,7 @@ def build_trained(root: Path):
     raw = tiny_params_dict()
     p = parse_params(raw)
     lay = layout(root)
+    lay.root.mkdir(parents=True, exist_ok=True)
     lay.params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     prepare(p.data, lay.prepared_dir)
     compute_ref_stats(build_extractor(p.eval), p.eval.num_real, p.eval.batch_size, lay.prepared_dir,
