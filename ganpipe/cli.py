@@ -153,14 +153,23 @@ def cmd_run(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from ganpipe.generate import generate
+    from ganpipe import generate as gen
 
+    if args.replay:
+        print(f"replayed {args.replay} into {gen.replay(args.replay, args.out, args.layout.root)}")
+        return
     model = args.model
     if model is None:
         reg = _params(args).registry
         model = f"models:/{reg.model_name}@{reg.alias}"
-    out = generate(model, args.n, args.seed, args.out, args.layout.root)
-    print(f"wrote {args.n} images (seeds {args.seed}..{args.seed + args.n - 1}) from {model} to {out}")
+    if args.interpolate or args.walk:
+        seeds = args.interpolate or list(range(args.seed, args.seed + args.walk))
+        out = gen.animate(model, seeds, args.frames, args.out, args.fps, args.psi, args.layout.root)
+        print(f"wrote an animation through seeds {seeds} from {model} to {out}")
+        return
+    files = gen.generate(model, args.n, args.seed, args.out, args.psi, args.class_, args.layout.root)
+    where = files[0] if len(files) == 1 else f"{len(files)} files in {Path(args.out)}"
+    print(f"wrote {args.n} images (seeds {args.seed}..{args.seed + args.n - 1}, psi {args.psi:g}) from {model} to {where}")
 
 
 def cmd_ui(args) -> None:
@@ -209,7 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the registry's champion, from params.yaml)")
     g.add_argument("-n", type=int, default=64, help="number of images")
     g.add_argument("--seed", type=int, default=0, help="image i uses latent seed SEED+i")
-    g.add_argument("--out", default="samples.png", help="output PNG")
+    g.add_argument("--out", default="samples.png",
+                   help="a PNG (one grid), a directory ending in / (one PNG per image), or .gif/.mp4 for animations")
+    g.add_argument("--psi", type=float, default=1.0, help="truncation: 1 = none, smaller = less variety")
+    g.add_argument("--class", dest="class_", type=int, default=None, help="class, for conditional models")
+    g.add_argument("--interpolate", type=int, nargs=2, metavar=("SEED_A", "SEED_B"),
+                   help="animate from one seed's latent to another's")
+    g.add_argument("--walk", type=int, default=0, metavar="K", help="animate a loop through seeds SEED..SEED+K-1")
+    g.add_argument("--frames", type=int, default=24, help="frames per step of an animation")
+    g.add_argument("--fps", type=int, default=12)
+    g.add_argument("--replay", default=None, metavar="PNG", help="regenerate a PNG from its provenance")
     g.set_defaults(fn=cmd_generate)
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
@@ -222,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.layout = layout(args.project_dir)
-    if args.command == "generate" and args.n < 1:
-        print("ganpipe: error: -n must be at least 1", file=sys.stderr)
+    if args.command == "generate" and (args.n < 1 or not 0 < args.psi <= 2 or args.frames < 2 or args.walk < 0):
+        print("ganpipe: error: need -n >= 1, 0 < --psi <= 2, --frames >= 2, --walk >= 0", file=sys.stderr)
         return 2
     quiet_telemetry()
     try:

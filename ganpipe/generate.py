@@ -1,6 +1,8 @@
 """Content generation from a registered model (`models:/...`) or a checkpoint file.
 
 Image i uses latent seed `seed + i`, so the same seed always gives the same image, whatever N.
+Truncation `psi` pulls latents toward the mean latent (0 for a N(0, I) prior): less variety, higher
+fidelity. Every PNG carries its provenance in text chunks, and `replay` regenerates it from them.
 """
 
 from __future__ import annotations
@@ -8,21 +10,102 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ganpipe import tracking
-from ganpipe.images import grid, save_png
-from ganpipe.models import sample
+from ganpipe.errors import DataError
+from ganpipe.images import grid, png_text, save_png, to_pil
+from ganpipe.io import atomic_path
+from ganpipe.models import latents, to_uint8
+
+PREFIX = "ganpipe:"
 
 
-def generate_images(model: str, n: int, seed: int, root: str | Path = ".") -> np.ndarray:
-    """uint8 [N, C, H, W] images for seeds seed..seed+n-1."""
-    from ganpipe.registry import load_generator
+def _load(model: str, root: str | Path):
+    from ganpipe.registry import load_generator, model_meta
 
     tracking.configure(root)
-    G = load_generator(model)
-    return sample(G, list(range(seed, seed + n))).numpy()
+    meta = model_meta(model)
+    return load_generator(meta["model_uri"]), meta
 
 
-def generate(model: str, n: int, seed: int, out: str | Path, root: str | Path = ".") -> Path:
-    """Write a grid of `n` images to the PNG `out`."""
-    return save_png(grid(generate_images(model, n, seed, root)), out)
+def _check_class(class_: int | None) -> None:
+    if class_ is not None:
+        raise DataError(f"--class {class_}: this generator is unconditional (class-conditional models come "
+                        "with conditional architectures)")
+
+
+@torch.no_grad()
+def render(G: torch.nn.Module, z: torch.Tensor, psi: float, batch_size: int = 256) -> np.ndarray:
+    """uint8 [N, C, H, W] from latents z, truncated by psi."""
+    out = [to_uint8(G(z[i:i + batch_size] * psi)).numpy() for i in range(0, len(z), batch_size)]
+    return np.concatenate(out)
+
+
+def provenance(meta: dict, seed: int, psi: float, class_: int | None, n: int = 1) -> dict[str, str]:
+    return {f"{PREFIX}{k}": str(v) for k, v in {**meta, "seed": seed, "n": n, "psi": psi,
+                                                   "class": "" if class_ is None else class_}.items()}
+
+
+def generate(model: str, n: int, seed: int, out: str | Path, psi: float = 1.0, class_: int | None = None,
+             root: str | Path = ".") -> list[Path]:
+    """`n` images for seeds seed..seed+n-1: one grid PNG, or one PNG per image when `out` is a directory
+    (ends with '/' or exists as one). Returns the files written."""
+    _check_class(class_)
+    G, meta = _load(model, root)
+    images = render(G, latents(range(seed, seed + n), G.z_dim), psi)
+    as_dir = str(out).endswith("/") or Path(out).is_dir()
+    out = Path(out)
+    if as_dir:
+        out.mkdir(parents=True, exist_ok=True)
+        return [save_png(to_pil(img), out / f"seed{seed + i:06d}.png", provenance(meta, seed + i, psi, class_))
+                for i, img in enumerate(images)]
+    picture = to_pil(images[0]) if n == 1 else grid(images)
+    return [save_png(picture, out, provenance(meta, seed, psi, class_, n))]
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation: Gaussian latents keep their typical norm along the path."""
+    an, bn = a / a.norm(), b / b.norm()
+    omega = torch.arccos((an * bn).sum().clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return a + (b - a) * t[:, None]
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so)[:, None] * a + (torch.sin(t * omega) / so)[:, None] * b
+
+
+def animate(model: str, seeds: list[int], frames: int, out: str | Path, fps: int = 12, psi: float = 1.0,
+            root: str | Path = ".") -> Path:
+    """Interpolate through the latents of `seeds` (two seeds: an interpolation; more: a walk that
+    returns to the first) into an animated GIF or an MP4, chosen by the suffix of `out`."""
+    out = Path(out)
+    if out.suffix.lower() not in (".gif", ".mp4"):
+        raise DataError(f"{out}: animations are written as .gif or .mp4")
+    if len(seeds) < 2 or frames < 2:
+        raise DataError("an animation needs at least two seeds and two frames per step")
+    G, _ = _load(model, root)
+    z = latents(seeds, G.z_dim)
+    stops = list(range(len(seeds))) + ([0] if len(seeds) > 2 else [])
+    t = torch.linspace(0, 1, frames)
+    path = torch.cat([slerp(z[a], z[b], t if i == len(stops) - 2 else t[:-1])
+                      for i, (a, b) in enumerate(zip(stops, stops[1:]))])
+    images = render(G, path, psi)
+    rgb = np.repeat(images, 3, axis=1) if images.shape[1] == 1 else images
+    with atomic_path(out, suffix=out.suffix.lower()) as tmp:
+        import imageio.v3 as iio
+
+        if out.suffix.lower() == ".gif":
+            iio.imwrite(tmp, rgb.transpose(0, 2, 3, 1), duration=1000 / fps, loop=0)
+        else:
+            iio.imwrite(tmp, rgb.transpose(0, 2, 3, 1), fps=fps, codec="libx264", macro_block_size=1)
+    return out
+
+
+def replay(png: str | Path, out: str | Path, root: str | Path = ".") -> Path:
+    """Regenerate a PNG written by `generate` from its provenance chunks (pinned model version)."""
+    text = png_text(png)
+    if f"{PREFIX}model_uri" not in text:
+        raise DataError(f"{png}: no ganpipe provenance in this PNG")
+    cls = text.get(f"{PREFIX}class") or None
+    return generate(text[f"{PREFIX}model_uri"], int(text[f"{PREFIX}n"]), int(text[f"{PREFIX}seed"]), out,
+                    float(text[f"{PREFIX}psi"]), None if cls is None else int(cls), root)[0]

@@ -27,8 +27,24 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> Image.Ima
     return Image.fromarray(canvas[:, :, 0] if c == 1 else canvas, "L" if c == 1 else "RGB")
 
 
-def save_png(img: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically."""
+def save_png(img: Image.Image, path: str | Path, text: dict[str, str] | None = None) -> Path:
+    """Write a PNG atomically, with `text` as tEXt chunks (provenance)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, str(value))
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", pnginfo=info)
     return Path(path)
+
+
+def png_text(path: str | Path) -> dict[str, str]:
+    """The tEXt chunks of a PNG."""
+    with Image.open(path) as img:
+        return dict(getattr(img, "text", {}) or {})
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    """uint8 [C, H, W] -> PIL image."""
+    return grid(image[None], cols=1, pad=0)

@@ -13,11 +13,13 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp file path next to `target`; on success it is renamed onto `target`."""
+def atomic_path(target: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp file path next to `target`; on success it is renamed onto `target`.
+
+    `suffix` ends the temp name, for writers that pick a format from the file name."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -181,6 +181,18 @@ def _rollback(client: MlflowClient, name: str, alias: str, reason: str) -> dict:
     return event
 
 
+def model_meta(ref: str) -> dict:
+    """Where a model comes from, for provenance: name, pinned version and URI, alias, run id, data sha256."""
+    if not ref.startswith("models:/"):
+        ckpt = load_checkpoint(ref)
+        return {"model": str(Path(ref).resolve()), "model_uri": str(Path(ref).resolve()), "version": "",
+                "alias": "", "run_id": ckpt.get("mlflow_run_id", ""), "data_sha256": ckpt.get("data_sha256", "")}
+    mv = _model_version(MlflowClient(), ref)
+    alias = ref.partition("@")[2]
+    return {"model": mv.name, "model_uri": f"models:/{mv.name}/{mv.version}", "version": str(mv.version),
+            "alias": alias, "run_id": mv.run_id or "", "data_sha256": mv.tags.get("data_sha256", "")}
+
+
 def load_generator(ref: str, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The generator behind `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/...` or a checkpoint path."""
     if ref.startswith(("models:/", "runs:/")):
@@ -192,15 +204,18 @@ def load_generator(ref: str, device: str | torch.device = "cpu") -> torch.nn.Mod
     return load_checkpoint_generator(ref, device)[0]
 
 
+def _model_version(client: MlflowClient, ref: str):
+    """The model version behind `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
+    name, sep, alias = ref[len("models:/"):].partition("@")
+    try:
+        return client.get_model_version_by_alias(name, alias) if sep else client.get_model_version(*name.split("/", 1))
+    except (MlflowException, TypeError) as exc:
+        raise RegistryError(f"{ref}: {getattr(exc, 'message', str(exc)).splitlines()[0]}") from None
+
+
 def version_result(uri: str) -> dict:
     """The evaluation result stored on a registered version (`models:/NAME/VERSION` or `@ALIAS`)."""
-    ref = uri[len("models:/"):]
-    name, sep, alias = ref.partition("@")
-    client = MlflowClient()
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if sep else client.get_model_version(*ref.split("/", 1))
-    except (MlflowException, TypeError) as exc:
-        raise RegistryError(f"{uri}: {getattr(exc, 'message', str(exc)).splitlines()[0]}") from None
+    mv = _model_version(MlflowClient(), uri)
     return _stored_result(mv.tags, "metric.", mv.tags.get("eval.fingerprint", ""))
 
 
