@@ -21,7 +21,7 @@ def test_two_registrations_at_once_leave_the_better_model_as_the_only_champion(t
     (pa, la), (pb, lb) = build_trained(tmp_path / "a"), build_trained(tmp_path / "b")
     ckpt = load_checkpoint(lb.checkpoint_path)        # b: the same model with its output layer damped
     key = last_conv_key(ckpt["G_ema"])
-    ckpt["G_ema"][key] = ckpt["G_ema"][key] * 0.3
+    ckpt["G_ema"][key] = ckpt["G_ema"][key] * 0.02  # low-contrast images (the tanh output saturates)
     save_checkpoint(lb.checkpoint_path, {k: v for k, v in ckpt.items() if k != "format_version"})
     for p, lay in ((pa, la), (pb, lb)):
         evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
