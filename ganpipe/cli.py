@@ -121,12 +121,17 @@ def cmd_history(args) -> None:
     from ganpipe.registry import history
 
     client, reg = _registry(args)
+    moves = history(client, reg.model_name)  # also: a clear error when the model does not exist
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(reg.model_name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
     for v in sorted(client.search_model_versions(f"name='{reg.model_name}'"), key=lambda v: int(v.version)):
         t = v.tags
         print(f"v{v.version}  {t.get('gate.decision', '?'):<9} {reg.primary_metric}={t.get('metric.' + reg.primary_metric, '?')}"
-              f"  aliases={','.join(v.aliases) or '-'}  run={t.get('mlflow_run_id', '?')[:8]}  {t.get('gate.reason', '')}")
+              f"  aliases={','.join(aliases.get(str(v.version), [])) or '-'}  run={t.get('mlflow_run_id', '?')[:8]}"
+              f"  {t.get('gate.reason', '')}")
     print()
-    for e in history(client, reg.model_name):
+    for e in moves:
         _print_move(e)
 
 

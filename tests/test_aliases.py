@@ -69,6 +69,7 @@ def test_history_promote_rollback_and_post_promotion_check(trained_project):
     shown = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "history"],
                            capture_output=True, text=True, check=True).stdout
     assert "v1 -> v2" in shown and "via rollback: v2 misbehaved" in shown and "v3  rejected" in shown
+    assert "aliases=champion" in shown and "aliases=challenger" in shown
     # rollback skips the revert of the failed promotion and goes to the champion before v1's return
     assert rollback(client, name, alias, "back to v2")["to"] == "2"
     rollback(client, name, alias, "and back")   # v2 came from v1 (manual promotion)
