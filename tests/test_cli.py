@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 from tests.conftest import REPO
 
@@ -35,9 +35,11 @@ def test_ui_serves_the_project_store_on_loopback(tmp_path):
         deadline, status = time.time() + 90, None
         while time.time() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    status = r.status
-                    break
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)  # loopback only
+                conn.request("GET", "/health")
+                status = conn.getresponse().status
+                conn.close()
+                break
             except OSError:
                 time.sleep(1)
         assert status == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
