@@ -113,7 +113,10 @@ class GateParams(_Section):
     guard_tolerance: float = Field(ge=0)
     memorization_limit: float = Field(gt=0, le=1)
 
-    _guards = field_validator("guard_metrics")(classmethod(lambda cls, v: _check_keys(v)))
+    @field_validator("guard_metrics")
+    @classmethod
+    def _known_guards(cls, v: list[str]) -> list[str]:
+        return _check_keys(v)
 
 
 class RegistryParams(_Section):
