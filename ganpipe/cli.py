@@ -64,19 +64,7 @@ def cmd_evaluate(args) -> None:
     if args.model is None:
         r = ev.evaluate(p, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     else:
-        from ganpipe import tracking
-        from ganpipe.device import resolve_device
-        from ganpipe.features import build_extractor
-        from ganpipe.io import write_json
-        from ganpipe.refstats import load_ref_stats
-        from ganpipe.registry import load_generator
-
-        tracking.configure(lay.root)
-        device = resolve_device()
-        r = ev.score_generator(load_generator(args.model, device), build_extractor(p, device),
-                               load_ref_stats(lay.ref_stats_path), p)
-        if args.out:
-            write_json(args.out, r)
+        r = ev.evaluate_model(p, args.model, lay.ref_stats_path, args.out, lay.root)
     _print_result(r)
 
 

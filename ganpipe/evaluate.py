@@ -93,3 +93,18 @@ def evaluate(p: EvalParams, checkpoint_path: str | Path, ref_stats_path: str | P
     log_result(info["mlflow_run_id"], result, p)
     return result
 
+
+
+def evaluate_model(p: EvalParams, model: str, ref_stats_path: str | Path, out_path: str | Path | None = None,
+                   root: str | Path = ".") -> dict:
+    """Score any model (`models:/...`, `runs:/...` or a checkpoint path) under the current protocol;
+    write the result to `out_path` when given. Nothing is logged: the pipeline's own run is not touched."""
+    from ganpipe.registry import load_generator  # registry builds on this module
+
+    tracking.configure(root)
+    device = resolve_device()
+    G = load_generator(model, device)
+    result = score_generator(G, build_extractor(p, device), load_ref_stats(ref_stats_path), p)
+    if out_path:
+        write_json(out_path, result)
+    return result
