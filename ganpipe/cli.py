@@ -157,7 +157,7 @@ def cmd_generate(args) -> None:
         model = f"models:/{reg.model_name}@{reg.alias}"
     if args.interpolate or args.walk:
         seeds = args.interpolate or list(range(args.seed, args.seed + args.walk))
-        out = gen.animate(model, seeds, args.frames, args.out, args.fps, args.psi, args.layout.root)
+        out = gen.animate(model, seeds, args.frames, args.out, args.fps, args.psi, args.layout.root, args.class_)
         print(f"wrote an animation through seeds {seeds} from {model} to {out}")
         return
     files = gen.generate(model, args.n, args.seed, args.out, args.psi, args.class_, args.layout.root)

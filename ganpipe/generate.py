@@ -16,7 +16,7 @@ from ganpipe import tracking
 from ganpipe.errors import DataError
 from ganpipe.images import grid, png_text, save_png, to_pil
 from ganpipe.io import atomic_path
-from ganpipe.models import latents, to_uint8
+from ganpipe.models import classes, latents, to_uint8
 
 PREFIX = "ganpipe:"
 
@@ -29,16 +29,19 @@ def _load(model: str, root: str | Path):
     return load_generator(meta["model_uri"]), meta
 
 
-def _check_class(class_: int | None) -> None:
-    if class_ is not None:
-        raise DataError(f"--class {class_}: this generator is unconditional (class-conditional models come "
-                        "with conditional architectures)")
+def _classes(G: torch.nn.Module, seeds, class_: int | None) -> torch.Tensor | None:
+    try:
+        return classes(G, seeds, class_)
+    except ValueError as exc:
+        raise DataError(f"--class: {exc}") from None
 
 
 @torch.no_grad()
-def render(G: torch.nn.Module, z: torch.Tensor, psi: float, batch_size: int = 256) -> np.ndarray:
-    """uint8 [N, C, H, W] from latents z, truncated by psi."""
-    out = [to_uint8(G(z[i:i + batch_size] * psi)).numpy() for i in range(0, len(z), batch_size)]
+def render(G: torch.nn.Module, z: torch.Tensor, psi: float, c: torch.Tensor | None = None,
+           batch_size: int = 256) -> np.ndarray:
+    """uint8 [N, C, H, W] from latents z (and classes c of a conditional G), truncated by psi."""
+    out = [to_uint8(G(z[i:i + batch_size] * psi, None if c is None else c[i:i + batch_size])).numpy()
+           for i in range(0, len(z), batch_size)]
     return np.concatenate(out)
 
 
@@ -50,15 +53,19 @@ def provenance(meta: dict, seed: int, psi: float, class_: int | None, n: int = 1
 def generate(model: str, n: int, seed: int, out: str | Path, psi: float = 1.0, class_: int | None = None,
              root: str | Path = ".") -> list[Path]:
     """`n` images for seeds seed..seed+n-1: one grid PNG, or one PNG per image when `out` is a directory
-    (ends with '/' or exists as one). Returns the files written."""
-    _check_class(class_)
+    (ends with '/' or exists as one). For a conditional model every image has class `class_`, or by
+    default seed mod num_classes. Returns the files written."""
     G, meta = _load(model, root)
-    images = render(G, latents(range(seed, seed + n), G.z_dim), psi)
+    seeds = range(seed, seed + n)
+    c = _classes(G, seeds, class_)
+    images = render(G, latents(seeds, G.z_dim), psi, c)
     as_dir = str(out).endswith("/") or Path(out).is_dir()
     out = Path(out)
     if as_dir:
         out.mkdir(parents=True, exist_ok=True)
-        return [save_png(to_pil(img), out / f"seed{seed + i:06d}.png", provenance(meta, seed + i, psi, class_))
+        # Each file records its own class: replaying it alone gives the same image.
+        return [save_png(to_pil(img), out / f"seed{seed + i:06d}.png",
+                         provenance(meta, seed + i, psi, None if c is None else int(c[i])))
                 for i, img in enumerate(images)]
     picture = to_pil(images[0]) if n == 1 else grid(images)
     return [save_png(picture, out, provenance(meta, seed, psi, class_, n))]
@@ -75,9 +82,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def animate(model: str, seeds: list[int], frames: int, out: str | Path, fps: int = 12, psi: float = 1.0,
-            root: str | Path = ".") -> Path:
+            root: str | Path = ".", class_: int | None = None) -> Path:
     """Interpolate through the latents of `seeds` (two seeds: an interpolation; more: a walk that
-    returns to the first) into an animated GIF or an MP4, chosen by the suffix of `out`."""
+    returns to the first) into an animated GIF or an MP4, chosen by the suffix of `out`. A conditional
+    model keeps one class along the path: `class_`, or by default the first seed's."""
     out = Path(out)
     if out.suffix.lower() not in (".gif", ".mp4"):
         raise DataError(f"{out}: animations are written as .gif or .mp4")
@@ -85,11 +93,12 @@ def animate(model: str, seeds: list[int], frames: int, out: str | Path, fps: int
         raise DataError("an animation needs at least two seeds and two frames per step")
     G, _ = _load(model, root)
     z = latents(seeds, G.z_dim)
+    c0 = _classes(G, seeds[:1], class_)
     stops = list(range(len(seeds))) + ([0] if len(seeds) > 2 else [])
     t = torch.linspace(0, 1, frames)
     path = torch.cat([slerp(z[a], z[b], t if i == len(stops) - 2 else t[:-1])
                       for i, (a, b) in enumerate(zip(stops, stops[1:]))])
-    images = render(G, path, psi)
+    images = render(G, path, psi, None if c0 is None else c0.expand(len(path)))
     rgb = np.repeat(images, 3, axis=1) if images.shape[1] == 1 else images
     with atomic_path(out, suffix=out.suffix.lower()) as tmp:
         import imageio.v3 as iio

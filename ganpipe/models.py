@@ -20,15 +20,29 @@ def _num_blocks(resolution: int) -> int:
     return n
 
 
-class DCGANGenerator(nn.Module):
-    """Radford et al. 2015: z -> 4x4 -> ... -> resolution, transposed convs, BN + ReLU, tanh."""
+def _check_classes(module: nn.Module, c: torch.Tensor | None, n: int) -> None:
+    if module.num_classes and (c is None or c.shape != (n,)):
+        raise ValueError(f"this conditional network needs one class per image, got {None if c is None else tuple(c.shape)}")
+    if not module.num_classes and c is not None:
+        raise ValueError("this network is unconditional: it takes no classes")
 
-    def __init__(self, z_dim: int, channels: int, resolution: int, width: int):
+
+class DCGANGenerator(nn.Module):
+    """Radford et al. 2015: z -> 4x4 -> ... -> resolution, transposed convs, BN + ReLU, tanh.
+
+    Conditional (num_classes > 0, Mirza & Osindero 2014): a learned class embedding of size z_dim is
+    concatenated to z.
+    """
+
+    def __init__(self, z_dim: int, channels: int, resolution: int, width: int, num_classes: int = 0):
         super().__init__()
         n = _num_blocks(resolution)
         ch = width * 2 ** (n - 1)
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        in_ch = 2 * z_dim if num_classes else z_dim
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(z_dim, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+            nn.ConvTranspose2d(in_ch, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n - 1):
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2),
                        nn.ReLU(True)]
@@ -37,14 +51,21 @@ class DCGANGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.z_dim = z_dim
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        _check_classes(self, c, len(z))
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(c)], dim=1)
         return self.net(z[:, :, None, None])
 
 
 class DCGANDiscriminator(nn.Module):
-    """Mirror of the generator: strided convs, BN (not on the first layer) + LeakyReLU(0.2), logit."""
+    """Mirror of the generator: strided convs, BN (not on the first layer) + LeakyReLU(0.2), logit.
 
-    def __init__(self, channels: int, resolution: int, width: int):
+    Conditional (num_classes > 0): a projection discriminator (Miyato & Koyama 2018) adds
+    <embed(c), sum-pooled last features> to the logit.
+    """
+
+    def __init__(self, channels: int, resolution: int, width: int, num_classes: int = 0):
         super().__init__()
         n = _num_blocks(resolution)
         ch = width
@@ -53,11 +74,18 @@ class DCGANDiscriminator(nn.Module):
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2),
                        nn.LeakyReLU(0.2, True)]
             ch *= 2
-        layers += [nn.Conv2d(ch, 1, 4, 1, 0, bias=False)]
-        self.net = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, ch) if num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        _check_classes(self, c, len(x))
+        h = self.body(x)
+        out = self.head(h).flatten()
+        if self.embed is not None:
+            out = out + (self.embed(c) * h.sum(dim=(2, 3))).sum(dim=1)
+        return out
 
 
 def init_weights(m: nn.Module) -> None:
@@ -67,24 +95,29 @@ def init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.BatchNorm2d):
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):  # the projection: on the scale of D's head
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    if isinstance(m, DCGANGenerator) and m.embed is not None:  # apply() visits G after its children
+        nn.init.normal_(m.embed.weight, 0.0, 1.0)  # the class code on the scale of z
 
 
-def generator_config(model: dict, channels: int, resolution: int) -> dict:
+def generator_config(model: dict, channels: int, resolution: int, num_classes: int = 0) -> dict:
     """Everything needed to rebuild the generator: stored in checkpoints and registered models."""
     return {"arch": model["arch"], "z_dim": int(model["z_dim"]), "g_channels": int(model["g_channels"]),
-            "channels": int(channels), "resolution": int(resolution)}
+            "channels": int(channels), "resolution": int(resolution), "num_classes": int(num_classes)}
 
 
 def build_generator(config: dict) -> nn.Module:
     if config["arch"] != "dcgan":
         raise ValueError(f"unknown generator arch {config['arch']!r} (allowed: dcgan)")
-    return DCGANGenerator(config["z_dim"], config["channels"], config["resolution"], config["g_channels"])
+    return DCGANGenerator(config["z_dim"], config["channels"], config["resolution"], config["g_channels"],
+                          config.get("num_classes", 0))
 
 
-def build_discriminator(arch: str, channels: int, resolution: int, width: int) -> nn.Module:
+def build_discriminator(arch: str, channels: int, resolution: int, width: int, num_classes: int = 0) -> nn.Module:
     if arch != "dcgan":
         raise ValueError(f"unknown discriminator arch {arch!r} (allowed: dcgan)")
-    return DCGANDiscriminator(channels, resolution, width)
+    return DCGANDiscriminator(channels, resolution, width, num_classes)
 
 
 def latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
@@ -95,20 +128,35 @@ def latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
     return z
 
 
+def classes(G: nn.Module, seeds: Sequence[int], class_: int | None = None) -> torch.Tensor | None:
+    """The class of each seed's image for a conditional G (None for an unconditional one): `class_` for
+    all, or by default seed mod num_classes, so any run of consecutive seeds covers the classes evenly."""
+    k = getattr(G, "num_classes", 0)
+    if not k:
+        if class_ is not None:
+            raise ValueError(f"class {class_}: this generator is unconditional")
+        return None
+    if class_ is not None and not 0 <= class_ < k:
+        raise ValueError(f"class {class_}: this generator has classes 0..{k - 1}")
+    return torch.tensor([class_ if class_ is not None else int(s) % k for s in seeds], dtype=torch.long)
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Generator output in [-1, 1] -> uint8 in [0, 255], same layout."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 @torch.no_grad()
-def sample(G: nn.Module, seeds: Sequence[int], batch_size: int = 256) -> torch.Tensor:
-    """uint8 [N, C, H, W] images for `seeds` from G (in eval mode), on the CPU."""
+def sample(G: nn.Module, seeds: Sequence[int], batch_size: int = 256, class_: int | None = None) -> torch.Tensor:
+    """uint8 [N, C, H, W] images for `seeds` from G (in eval mode), on the CPU (classes: see `classes`)."""
     device = next(G.parameters()).device
-    z_dim = G.z_dim
+    seeds = list(seeds)
+    c_all = classes(G, seeds, class_)
     out = []
     for i in range(0, len(seeds), batch_size):
-        z = latents(seeds[i:i + batch_size], z_dim).to(device)
-        out.append(to_uint8(G(z)).cpu())
+        z = latents(seeds[i:i + batch_size], G.z_dim).to(device)
+        c = None if c_all is None else c_all[i:i + batch_size].to(device)
+        out.append(to_uint8(G(z, c)).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
 
 

@@ -49,6 +49,7 @@ class ModelParams(_Section):
     z_dim: int = Field(ge=1, le=4096)
     g_channels: int = Field(ge=1, le=2048)
     d_channels: int = Field(ge=1, le=2048)
+    conditional: bool = Field(description="class-conditional G and projection D; needs a labelled dataset")
 
 
 class TrainParams(_Section):

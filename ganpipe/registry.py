@@ -38,7 +38,7 @@ from ganpipe.locking import registry_lock
 from ganpipe.params import EvalParams, RegistryParams, parse_params
 from ganpipe.paths import Layout
 from ganpipe.metrics import paired_difference
-from ganpipe.models import latents
+from ganpipe.models import classes, latents
 from ganpipe.promotion import gate
 from ganpipe.refstats import load_ref_stats
 
@@ -131,7 +131,7 @@ def verify_alias(client: MlflowClient, name: str, alias: str, expected: str, pre
         else:
             G = load_generator(f"models:/{name}@{alias}")
             with torch.no_grad():
-                x = G(latents(range(CHECK_IMAGES), G.z_dim))
+                x = G(latents(range(CHECK_IMAGES), G.z_dim), classes(G, range(CHECK_IMAGES)))
             if not torch.isfinite(x).all():
                 problem = "the generator's output is not finite"
             elif (diversity := float(torch.pdist(x.flatten(1)).mean() / x[0].numel() ** 0.5)) < MIN_DIVERSITY:

@@ -32,14 +32,14 @@ SECTIONS = ("base", "model", "train")  # what this stage reads; dvc.yaml lists t
 GRID_SEED0 = 10_000_000  # fixed-noise grid seeds, far from evaluation seeds
 
 
-def d_loss_nonsaturating(D, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def d_loss_nonsaturating(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator loss of the GAN game (Goodfellow et al. 2014): -log(1 - s(D(fake))) - log s(D(real))."""
-    return F.softplus(D(fake)).mean() + F.softplus(-D(real)).mean()
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
 
 
-def g_loss_nonsaturating(D, fake: torch.Tensor) -> torch.Tensor:
+def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss: -log s(D(fake)), strong gradients early in training."""
-    return F.softplus(-D(fake)).mean()
+    return F.softplus(-fake_logits).mean()
 
 
 @torch.no_grad()
@@ -50,11 +50,22 @@ def ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
+def num_classes_of(manifest: dict, labels: np.ndarray) -> int:
+    """Classes of a dataset for a conditional model; a dataset without labels cannot condition one."""
+    k = int(manifest.get("num_classes") or 0)
+    if k < 2:
+        raise DataError(f"model.conditional is true but the dataset {manifest['source']!r} has "
+                        f"{k} class label{'s' if k != 1 else ''}; set model.conditional: false")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < k:
+        raise DataError(f"labels outside 0..{k - 1} in the prepared data; re-run `ganpipe prepare`")
+    return k
+
+
 def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, root: str | Path = ".") -> dict:
     """Train on the prepared train split; write checkpoint, run info, log and final grid to `out_dir`."""
     base, mp, tp = params.base, params.model, params.train
     manifest = read_manifest(prepared_dir)
-    images, _ = load_split(prepared_dir, "train")
+    images, labels = load_split(prepared_dir, "train")
     if len(images) < tp.batch_size:
         raise DataError(f"train split has {len(images)} images, fewer than train.batch_size = {tp.batch_size}")
     device = resolve_device(base.device)
@@ -66,9 +77,13 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, root: s
         torch.backends.cudnn.benchmark = True
 
     x_all = torch.from_numpy(np.array(images)).to(device)  # uint8 copy of the memmap; small datasets fit
-    config = generator_config(mp.model_dump(), manifest["channels"], manifest["resolution"])
+    num_classes = num_classes_of(manifest, labels) if mp.conditional else 0
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+    config = generator_config(mp.model_dump(), manifest["channels"], manifest["resolution"], num_classes)
+    if num_classes:
+        config["class_names"] = list(manifest["class_names"])
     G = build_generator(config).to(device)
-    D = build_discriminator(mp.arch, config["channels"], config["resolution"], mp.d_channels).to(device)
+    D = build_discriminator(mp.arch, config["channels"], config["resolution"], mp.d_channels, num_classes).to(device)
     G.apply(init_weights)
     D.apply(init_weights)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -126,15 +141,18 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, root: s
             while nimg < total_img:
                 if pos + tp.batch_size > len(perm):
                     perm, pos = torch.randperm(len(x_all), generator=shuffle).to(device), 0
-                real = x_all[perm[pos:pos + tp.batch_size]].float().div_(127.5).sub_(1.0)
+                idx = perm[pos:pos + tp.batch_size]
+                real = x_all[idx].float().div_(127.5).sub_(1.0)
                 pos += tp.batch_size
+                # Fakes get the real batch's classes: G sees the data's class frequencies.
+                c = y_all[idx] if num_classes else None
                 z = torch.randn(tp.batch_size, mp.z_dim, device=device)
-                fake = G(z)
-                loss_D = d_loss_nonsaturating(D, real, fake.detach())
+                fake = G(z, c)
+                loss_D = d_loss_nonsaturating(D(real, c), D(fake.detach(), c))
                 opt_D.zero_grad(set_to_none=True)
                 loss_D.backward()
                 opt_D.step()
-                loss_G = g_loss_nonsaturating(D, fake)
+                loss_G = g_loss_nonsaturating(D(fake, c))
                 opt_G.zero_grad(set_to_none=True)
                 loss_G.backward()
                 opt_G.step()

@@ -64,11 +64,28 @@ def test_animations_and_bad_requests(champion, tmp_path):
     assert len(iio.imread(mp4)) == 3 + 3 + 4   # 1 -> 2 -> 3 -> back to 1, shared endpoints once
     with pytest.raises(DataError, match=".gif or .mp4"):
         animate(uri, [1, 2], 6, tmp_path / "a.avi", root=lay.root)
-    with pytest.raises(DataError, match="unconditional"):
-        generate(uri, 1, 0, tmp_path / "c.png", class_=3, root=lay.root)
+    with pytest.raises(DataError, match="classes 0..9"):
+        generate(uri, 1, 0, tmp_path / "c.png", class_=10, root=lay.root)
     with pytest.raises(DataError, match="no ganpipe provenance"):
         Image.new("L", (4, 4)).save(tmp_path / "plain.png")
         replay(tmp_path / "plain.png", tmp_path / "x.png", lay.root)
     proc = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--psi", "0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--psi" in proc.stderr
+
+
+def test_class_of_a_conditional_champion_is_recorded_and_replayed(champion, tmp_path):
+    p, lay, uri, _ = champion
+    threes = generate(uri, 2, 5, f"{tmp_path}/threes/", class_=3, root=lay.root)
+    fours = generate(uri, 2, 5, f"{tmp_path}/fours/", class_=4, root=lay.root)
+    assert [png_text(f)["ganpipe:class"] for f in threes] == ["3", "3"]
+    # same latents, another class: another image
+    assert not np.array_equal(_pixels(threes[0]), _pixels(fours[0]))
+    assert np.array_equal(_pixels(replay(threes[1], tmp_path / "r.png", lay.root)), _pixels(threes[1]))
+    # without --class, image i has class (seed + i) mod 10, and each file records its own
+    default = generate(uri, 2, 13, f"{tmp_path}/default/", root=lay.root)
+    assert [png_text(f)["ganpipe:class"] for f in default] == ["3", "4"]
+    assert np.array_equal(_pixels(default[0]), _pixels(generate(uri, 1, 13, tmp_path / "c3.png", class_=3,
+                                                                   root=lay.root)[0]))
+    gif = animate(uri, [1, 2], 3, tmp_path / "a3.gif", root=lay.root, class_=3)
+    assert gif.stat().st_size > 0
