@@ -151,10 +151,7 @@ def cmd_generate(args) -> None:
     if args.replay:
         print(f"replayed {args.replay} into {gen.replay(args.replay, args.out, args.layout.root)}")
         return
-    model = args.model
-    if model is None:
-        reg = _params(args).registry
-        model = f"models:/{reg.model_name}@{reg.alias}"
+    model = args.model or _champion_uri(args)
     if args.interpolate or args.walk:
         seeds = args.interpolate or list(range(args.seed, args.seed + args.walk))
         out = gen.animate(model, seeds, args.frames, args.out, args.fps, args.psi, args.layout.root, args.class_)
@@ -163,6 +160,17 @@ def cmd_generate(args) -> None:
     files = gen.generate(model, args.n, args.seed, args.out, args.psi, args.class_, args.layout.root)
     where = files[0] if len(files) == 1 else f"{len(files)} files in {Path(args.out)}"
     print(f"wrote {args.n} images (seeds {args.seed}..{args.seed + args.n - 1}, psi {args.psi:g}) from {model} to {where}")
+
+
+def _champion_uri(args) -> str:
+    reg = _params(args).registry
+    return f"models:/{reg.model_name}@{reg.alias}"
+
+
+def cmd_serve(args) -> None:
+    from ganpipe.serve import serve
+
+    serve(_params(args).serve, args.model or _champion_uri(args), args.port, args.layout.root)
 
 
 def cmd_ui(args) -> None:
@@ -222,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int, default=12)
     g.add_argument("--replay", default=None, metavar="PNG", help="regenerate a PNG from its provenance")
     g.set_defaults(fn=cmd_generate)
+    s = sub.add_parser("serve", help="serve the champion over HTTP (MLflow scoring protocol, base64 PNGs)")
+    s.add_argument("--model", default=None, help="models:/NAME/VERSION or @ALIAS (default: the champion)")
+    s.add_argument("--port", type=int, default=5001)
+    s.set_defaults(fn=cmd_serve)
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(fn=cmd_ui)

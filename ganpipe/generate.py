@@ -14,11 +14,10 @@ import torch
 
 from ganpipe import tracking
 from ganpipe.errors import DataError
-from ganpipe.images import grid, png_text, save_png, to_pil
+from ganpipe.images import PROVENANCE as PREFIX
+from ganpipe.images import grid, png_text, provenance, save_png, to_pil
 from ganpipe.io import atomic_path
 from ganpipe.models import classes, latents, to_uint8
-
-PREFIX = "ganpipe:"
 
 
 def _load(model: str, root: str | Path):
@@ -43,11 +42,6 @@ def render(G: torch.nn.Module, z: torch.Tensor, psi: float, c: torch.Tensor | No
     out = [to_uint8(G(z[i:i + batch_size] * psi, None if c is None else c[i:i + batch_size])).numpy()
            for i in range(0, len(z), batch_size)]
     return np.concatenate(out)
-
-
-def provenance(meta: dict, seed: int, psi: float, class_: int | None, n: int = 1) -> dict[str, str]:
-    return {f"{PREFIX}{k}": str(v) for k, v in {**meta, "seed": seed, "n": n, "psi": psi,
-                                                   "class": "" if class_ is None else class_}.items()}
 
 
 def generate(model: str, n: int, seed: int, out: str | Path, psi: float = 1.0, class_: int | None = None,

@@ -1,7 +1,11 @@
-"""Image grids and PNG writing shared by training snapshots and generation."""
+"""Image grids and PNG writing shared by training snapshots, generation and serving.
+
+Ships inside the registered MLflow model (with ganpipe.io): numpy, Pillow and the standard library only.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -26,16 +30,32 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> Image.Ima
         canvas[y:y + h, x:x + w] = images[i].transpose(1, 2, 0)
     return Image.fromarray(canvas[:, :, 0] if c == 1 else canvas, "L" if c == 1 else "RGB")
 
+PROVENANCE = "ganpipe:"  # prefix of the PNG text chunks that say where an image came from
 
-def save_png(img: Image.Image, path: str | Path, text: dict[str, str] | None = None) -> Path:
-    """Write a PNG atomically, with `text` as tEXt chunks (provenance)."""
+
+def provenance(meta: dict, seed: int, psi: float, class_: int | None, n: int = 1) -> dict[str, str]:
+    """PNG text chunks for an image (or a grid of n) made from model `meta` (model, model_uri, version,
+    alias, run_id, data_sha256) with latent seed, truncation psi and class: enough to regenerate it."""
+    return {f"{PROVENANCE}{k}": str(v) for k, v in {**meta, "seed": seed, "n": n, "psi": psi,
+                                                       "class": "" if class_ is None else class_}.items()}
+
+
+def png_bytes(img: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """A PNG file's bytes, with `text` as tEXt chunks (provenance)."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, str(value))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def save_png(img: Image.Image, path: str | Path, text: dict[str, str] | None = None) -> Path:
+    """Write a PNG atomically, with `text` as tEXt chunks (provenance)."""
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG", pnginfo=info)
+        tmp.write_bytes(png_bytes(img, text))
     return Path(path)
 
 

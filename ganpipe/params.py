@@ -127,6 +127,15 @@ class RegistryParams(_Section):
     gate: GateParams
 
 
+class ServeParams(_Section):
+    """`ganpipe serve`: the champion over MLflow's scoring protocol."""
+
+    host: str = Field(min_length=1, description="interface to bind; 127.0.0.1 keeps it on this machine")
+    workers: int = Field(ge=1, le=64)
+    max_images: int = Field(ge=1, le=4096, description="records (images) per request")
+    timeout_s: int = Field(ge=1, description="per request")
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -134,6 +143,7 @@ class Params(_Section):
     train: TrainParams
     eval: EvalParams
     registry: RegistryParams
+    serve: ServeParams
 
     def section_hash(self, *sections: str) -> str:
         """sha256 of the canonical JSON of the named sections (all when none are named)."""

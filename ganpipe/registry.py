@@ -44,7 +44,7 @@ from ganpipe.refstats import load_ref_stats
 
 PACKAGE_DIR = Path(ganpipe.__file__).parent
 ENTRY = PACKAGE_DIR / "pyfunc_entry.py"
-SHIPPED_MODULES = ("__init__.py", "models.py", "serving.py")  # what the model needs to load anywhere
+SHIPPED_MODULES = ("__init__.py", "models.py", "serving.py", "images.py", "io.py")  # what it needs anywhere
 ARTIFACT_NAME = "generator"
 CHALLENGER = "challenger"  # the latest version that did not pass the gate
 HISTORY_PREFIX = "alias_move."
@@ -58,15 +58,28 @@ class PromotionCheckFailed(RegistryError):
 
 
 def _signature(config: dict) -> ModelSignature:
-    shape = (-1, config["resolution"], config["resolution"], config["channels"])
-    return ModelSignature(inputs=Schema([ColSpec("long", "seed")]),
-                          outputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]))
+    """Output columns only: an input schema would make MLflow drop unknown fields silently before the
+    model sees them, and the model must refuse them (ganpipe.serving validates every record itself)."""
+    cls = [ColSpec("long", "class")] if config.get("num_classes") else []
+    return ModelSignature(inputs=None, outputs=Schema(
+        [ColSpec("long", "seed"), ColSpec("double", "psi"), *cls, ColSpec("string", "image")]))
 
 
-def log_generator(G_ema_state: dict, config: dict, model_name: str) -> tuple[str, str]:
+def _input_doc(config: dict) -> dict:
+    """What the served model accepts, in the MLmodel file (the signature leaves inputs to the model)."""
+    k = config.get("num_classes", 0)
+    return {"seed": "integer, required: latent seed (0 <= seed < 2**63)",
+            "psi": "number, optional: truncation 0 < psi <= 2 (default 1)",
+            "class": (f"integer, optional: 0..{k - 1} (default seed mod {k})" if k
+                      else "not accepted: the generator is unconditional"),
+            "output": "one row per record: seed, psi, class, image (base64 PNG with provenance text chunks)"}
+
+
+def log_generator(G_ema_state: dict, config: dict, model_name: str, data_sha256: str = "") -> tuple[str, str]:
     """Log the generator to the active run and register it; returns (version, model_uri)."""
     from safetensors.torch import save_file
 
+    config = {**config, "provenance": {"run_id": mlflow.active_run().info.run_id, "data_sha256": data_sha256}}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         save_file({k: v.contiguous() for k, v in G_ema_state.items()}, d / "generator.safetensors")
@@ -78,8 +91,8 @@ def log_generator(G_ema_state: dict, config: dict, model_name: str) -> tuple[str
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME, python_model=str(ENTRY),
             artifacts={"weights": str(d / "generator.safetensors"), "config": str(d / "config.json")},
-            code_paths=[str(code)], signature=_signature(config),
-            input_example=pd.DataFrame({"seed": [0, 1]}),
+            code_paths=[str(code)], signature=_signature(config), metadata={"ganpipe_input": _input_doc(config)},
+            input_example=pd.DataFrame({"seed": [0, 1], "psi": [1.0, 0.7]}),
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               "safetensors", "numpy", "pandas"],
             registered_model_name=model_name)
@@ -183,6 +196,14 @@ def _rollback(client: MlflowClient, name: str, alias: str, reason: str) -> dict:
 
 def model_meta(ref: str) -> dict:
     """Where a model comes from, for provenance: name, pinned version and URI, alias, run id, data sha256."""
+    if ref.startswith("runs:/"):
+        run_id = ref[len("runs:/"):].split("/", 1)[0]
+        try:
+            tags = MlflowClient().get_run(run_id).data.tags
+        except MlflowException as exc:
+            raise RegistryError(f"{ref}: {exc.message.splitlines()[0]}") from None
+        return {"model": ref, "model_uri": ref, "version": "", "alias": "", "run_id": run_id,
+                "data_sha256": tags.get("ganpipe.data_sha256", "")}
     if not ref.startswith("models:/"):
         ckpt = load_checkpoint(ref)
         return {"model": str(Path(ref).resolve()), "model_uri": str(Path(ref).resolve()), "version": "",
@@ -275,7 +296,8 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
         decision = gate(candidate, champ, rp.primary_metric, diff, rp.gate)
 
         with mlflow.start_run(run_id=info["mlflow_run_id"]):
-            version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name)
+            version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name,
+                                         info["data_sha256"])
         tags = {"data_sha256": info["data_sha256"], "params_hash": train_params.section_hash(),
                 "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
                 "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in scores_of(candidate).items()},

@@ -1,0 +1,136 @@
+"""Serving: the champion answers MLflow's scoring protocol with base64 PNGs; bad requests get a 4xx."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from ganpipe.evaluate import evaluate
+from ganpipe.generate import generate, replay
+from ganpipe.images import png_text
+from ganpipe.registry import register
+from ganpipe.serving import BadRequest, parse_records
+
+
+def test_records_are_validated_one_by_one():
+    frame = pd.DataFrame([{"seed": 3, "psi": 0.5, "class": 2}, {"seed": 4}])
+    assert parse_records(frame, 10, 8) == [(3, 0.5, 2), (4, 1.0, 4)]
+    assert parse_records(pd.DataFrame({"seed": [7]}), 0, 8) == [(7, 1.0, None)]
+    bad = [([{"seed": 1, "colour": "red"}], 10, "unknown field 'colour'"),
+           ([{"psi": 0.5}], 10, "needs a 'seed'"),
+           ([{"seed": 1}, {"psi": 0.5}], 10, "record 1: missing 'seed'"),
+           ([{"seed": "one"}], 10, "seed must be an integer, got 'one'"),
+           ([{"seed": 1.5}], 10, "seed must be an integer"),
+           ([{"seed": True}], 10, "seed must be an integer"),
+           ([{"seed": -1}], 10, "outside 0.."),
+           ([{"seed": 1, "psi": 0}], 10, "psi must be a number in"),
+           ([{"seed": 1, "psi": "x"}], 10, "psi must be a number in"),
+           ([{"seed": 1, "class": 10}], 10, "class 10 is outside 0..9"),
+           ([{"seed": 1, "class": 1}], 0, "unconditional"),
+           ([{"seed": i} for i in range(9)], 10, "at most 8 images")]
+    for records, k, message in bad:
+        with pytest.raises(BadRequest, match=message):
+            parse_records(pd.DataFrame(records), k, 8)
+    with pytest.raises(BadRequest, match="no records"):
+        parse_records(pd.DataFrame({"seed": []}), 10, 8)
+    with pytest.raises(BadRequest, match="expected records"):
+        parse_records(np.zeros((2, 2)), 10, 8)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    payload = body if isinstance(body, str) else json.dumps(body)
+    conn.request("POST", "/invocations", payload, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, json.loads(text)
+    except json.JSONDecodeError:
+        return resp.status, {"raw": text}
+
+
+@pytest.fixture(scope="module")
+def server(trained_project):
+    p, lay = trained_project
+    evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
+    r = register(p.registry, p.eval, lay)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/ping")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not come up:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    yield p, lay, r, port
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_champion_serves_png_images_with_provenance(server, tmp_path):
+    p, lay, r, port = server
+    status, body = _post(port, {"dataframe_records": [{"seed": 41, "psi": 0.7, "class": 3}, {"seed": 12}]})
+    assert status == 200, body
+    rows = body["predictions"]
+    assert [(x["seed"], x["psi"], x["class"]) for x in rows] == [(41, 0.7, 3), (12, 1.0, 2)]
+    served = tmp_path / "served.png"
+    served.write_bytes(base64.b64decode(rows[0]["image"]))
+    text = png_text(served)
+    assert text["ganpipe:version"] == r["champion"] and text["ganpipe:alias"] == p.registry.alias
+    assert text["ganpipe:model_uri"] == f"models:/{p.registry.model_name}/{r['champion']}"
+    # the same pixels as `ganpipe generate` for that seed, psi and class, and replayable from the file
+    local = generate(f"models:/{p.registry.model_name}@{p.registry.alias}", 1, 41, tmp_path / "local.png",
+                     psi=0.7, class_=3, root=lay.root)[0]
+    pixels = np.asarray(Image.open(io.BytesIO(served.read_bytes())))
+    assert np.array_equal(pixels, np.asarray(Image.open(local)))
+    assert np.array_equal(np.asarray(Image.open(replay(served, tmp_path / "again.png", lay.root))), pixels)
+    # dataframe_split is the same protocol
+    status, body = _post(port, {"dataframe_split": {"columns": ["seed"], "data": [[41]]}})
+    assert status == 200 and body["predictions"][0]["class"] == 1
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"dataframe_records": [{"seed": 1, "colour": "red"}]}, "unknown field"),
+    ({"dataframe_records": [{"seed": "one"}]}, "integer"),
+    ({"dataframe_records": [{"seed": 2.5}]}, "integer"),
+    ({"dataframe_records": [{"seed": 1, "class": 99}]}, "outside"),
+    ({"dataframe_records": [{"seed": 1, "psi": -1}]}, "psi"),
+    ({"dataframe_records": [{"seed": i} for i in range(65)]}, "at most 64"),
+    ({"dataframe_records": []}, ""),
+    ({"something": [1]}, ""),
+    ("{not json", ""),
+])
+def test_bad_requests_get_a_4xx_never_a_500(server, body, message):
+    *_, port = server
+    status, reply = _post(port, body)
+    assert 400 <= status < 500, (status, reply)
+    assert message in reply.get("message", reply.get("raw", ""))
