@@ -1,7 +1,8 @@
 """The `training-pipeline` flow: one task per DVC stage, in order, then the registration result.
 
 Each task runs `dvc repro --single-item <stage>`, so DVC decides what is stale and a flow run leaves
-exactly the `dvc.lock` that `dvc repro` leaves. Prefect owns time and failure; DVC owns lineage.
+exactly the `dvc.lock` that `dvc repro` leaves. After `prepare`, the prepared data is pushed to the DVC
+remote (`dvc pull` restores it elsewhere). Prefect owns time and failure; DVC owns lineage.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ganpipe.errors import GanpipeError
 from ganpipe.io import read_json
 from ganpipe.params import load_params
 from ganpipe.paths import layout
+from ganpipe.versioning import push
 
 STAGES = ("prepare", "ref-stats", "train", "evaluate", "register")
 
@@ -43,6 +45,14 @@ def reproduce(stage: str, project_dir: str) -> None:
         raise StageFailed(f"stage {stage!r} failed (`dvc repro --single-item {stage}` exited {rc})")
 
 
+@task(name="dvc-push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def push_data(project_dir: str) -> str:
+    """Push the prepared data to the project's default DVC remote, so `dvc pull` restores it elsewhere."""
+    remote = push(project_dir, ["prepare"])
+    print(f"prepared data pushed to DVC remote {remote!r}")
+    return remote
+
+
 @flow(name="training-pipeline", log_prints=True)
 def training_pipeline(project_dir: str = ".") -> dict:
     """Prepare, compute reference stats, train, evaluate, register; returns the registration result."""
@@ -50,6 +60,8 @@ def training_pipeline(project_dir: str = ".") -> dict:
     load_params(lay.params_path)  # fail fast, before any stage runs, on a bad params.yaml
     for stage in STAGES:
         reproduce(stage, str(lay.root))
+        if stage == "prepare":
+            push_data(str(lay.root))
     result = read_json(lay.registration_path, "the register stage")
     state = "it is the new champion" if result["promoted"] else f"champion stays v{result['champion']}"
     print(f"registered {result['model_name']} v{result['version']}: {state} ({result['reason']})")

@@ -22,11 +22,17 @@ def _params(args):
 
 
 def cmd_prepare(args) -> None:
-    from ganpipe.data import prepare
+    from ganpipe.data import prepare, summary
 
     m = prepare(_params(args).data, args.layout.prepared_dir)
-    print(f"prepared {m['source']}: {m['counts']['train']['images']} train / {m['counts']['test']['images']} test "
-          f"images at {m['resolution']}px, sha256 {m['sha256'][:12]}")
+    print("prepared " + "\n".join(summary(m)))
+
+
+def cmd_data_show(args) -> None:
+    from ganpipe.data import contact_sheet, read_manifest, summary
+
+    print("\n".join(summary(read_manifest(args.layout.prepared_dir))))
+    print(f"contact sheet: {contact_sheet(args.layout.prepared_dir, args.out, args.per_class, args.seed)}")
 
 
 def cmd_ref_stats(args) -> None:
@@ -194,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
               ("run", cmd_run, "run the whole pipeline through the Prefect flow")]
     for name, fn, help_ in stages:
         sub.add_parser(name, help=help_).set_defaults(fn=fn)
+    d = sub.add_parser("data", help="look at the prepared dataset").add_subparsers(dest="data_command",
+                                                                                   required=True, metavar="ACTION")
+    show = d.add_parser("show", help="print the manifest summary and write a contact sheet of samples per class")
+    show.add_argument("--out", default="data-sheet.png", help="contact sheet PNG (default: data-sheet.png)")
+    show.add_argument("--per-class", type=int, default=8, help="samples per class (a row each)")
+    show.add_argument("--seed", type=int, default=0)
+    show.set_defaults(fn=cmd_data_show)
     e = sub.add_parser("evaluate", help="score the EMA generator (or --model) under the current protocol")
     e.add_argument("--model", default=None,
                    help="score this model instead of the pipeline's: models:/NAME@ALIAS, models:/NAME/VERSION, "

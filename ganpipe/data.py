@@ -1,138 +1,204 @@
-"""The `prepare` stage: turn a source dataset into uint8 NCHW arrays, a fixed split and a manifest.
+"""The `prepare` stage: a source dataset -> uint8 NCHW shards, labels, a fixed split and a manifest.
 
-Output directory layout (a DVC output, replaced atomically):
-    {split}_images.npy   uint8 [N, C, H, W]
-    {split}_labels.npy   int64 [N]
-    manifest.json        source, licence, counts, per-class counts, resolution, channels, sha256
+Output directory (a DVC output, written to a temp directory and renamed at the end, so an interrupted
+prepare leaves the previous output intact):
+    {split}-00000.npy ...  uint8 [n, C, R, R] shards of `data.shard_size` images (memory-mappable)
+    {split}-labels.npy     int64 [N] (-1 when the source has no labels)
+    manifest.json          source, licence, counts per split and class, resolution, channels, shards,
+                           every skipped input with its reason, sha256 of the content
+
+Bad inputs are skipped and listed (`data.on_error: skip`) or stop prepare at the first one (`fail`);
+exact duplicates (same bytes) are dropped, the first in listing order kept, so no image is in both splits.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import multiprocessing as mp
+import os
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ganpipe.errors import DataError
 from ganpipe.io import atomic_dir, read_json, write_json
 from ganpipe.params import DataParams
+from ganpipe.shards import ShardedImages, ShardWriter, open_split
+from ganpipe.sources import Item, Listing, convert, list_source, payloads
 
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
+TASK_ITEMS = 64           # items per worker task: large enough to amortise IPC, small enough to stream
+INLINE_BELOW = 512        # fewer items than this are converted in-process (a pool costs ~1 s to start)
 
 
-@dataclass(frozen=True)
-class Source:
-    images: np.ndarray  # uint8 [N, H, W] or [N, H, W, C], full 0..255 range
-    labels: np.ndarray  # int64 [N]
-    class_names: list[str]
-    name: str
-    licence: str
-
-
-def load_digits_source() -> Source:
-    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, values 0..16, 10 classes."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    return Source(
-        images=images,
-        labels=bunch.target.astype(np.int64),
-        class_names=[str(c) for c in bunch.target_names],
-        name="digits",
-        licence="UCI ML hand-written digits (Alpaydin & Kaynak 1998), CC BY 4.0, bundled with scikit-learn",
-    )
-
-
-SOURCES = {"digits": load_digits_source}
-
-
-def resize_images(images: np.ndarray, resolution: int, channels: int) -> np.ndarray:
-    """uint8 [N, H, W(, C)] -> uint8 [N, C, R, R]; antialiased (Lanczos) resampling, square inputs."""
-    out = np.empty((len(images), channels, resolution, resolution), dtype=np.uint8)
-    mode = "L" if channels == 1 else "RGB"
-    for i, img in enumerate(images):
-        pil = Image.fromarray(img).convert(mode)
-        if pil.size != (resolution, resolution):
-            pil = pil.resize((resolution, resolution), Image.Resampling.LANCZOS)
-        arr = np.asarray(pil)
-        out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-    return out
-
-
-def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified split: the same labels, fraction and seed give the same indices."""
+def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Deterministic split (train, test, stratified): the same labels, fraction and seed give the same
+    indices; stratified by label when every class has at least two items."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
-    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
-    return np.sort(train), np.sort(test)
+    counts = np.unique(labels, return_counts=True)[1]
+    stratify = labels if labels.min() >= 0 and len(counts) > 1 and counts.min() >= 2 else None
+    n_test = max(1, int(round(test_fraction * len(labels))))
+    train, test = train_test_split(idx, test_size=n_test, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(test), stratify is not None
 
 
-def content_sha256(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over names, shapes, dtypes and bytes of the arrays, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}\n".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+def _assign_splits(items: list[Item], p: DataParams) -> tuple[list[str], dict]:
+    if all(it.split for it in items):
+        return [it.split for it in items], {"kind": "the source's own", "stratified": False}
+    if len(items) < 2:
+        raise DataError(f"{len(items)} image listed: a train/test split needs at least 2")
+    train, test, stratified = split_indices(np.array([it.label for it in items]), p.test_fraction, p.split_seed)
+    out = np.empty(len(items), dtype=object)
+    out[train], out[test] = "train", "test"
+    return list(out), {"kind": "seeded", "test_fraction": p.test_fraction, "seed": p.split_seed,
+                       "stratified": stratified}
+
+
+def _tasks(listing: Listing, p: DataParams) -> Iterator[tuple]:
+    batch = []
+    for entry in payloads(listing, p):
+        batch.append(entry)
+        if len(batch) == TASK_ITEMS:
+            yield batch, p.resolution, p.channels, p.crop
+            batch = []
+    if batch:
+        yield batch, p.resolution, p.channels, p.crop
+
+
+def _ordered_map(tasks: Iterable, workers: int) -> Iterator[list]:
+    """convert() over tasks in order, with at most 4 tasks per worker in flight: memory stays bounded
+    however large the dataset (Pool.imap would read the whole input ahead)."""
+    if workers <= 1:
+        yield from map(convert, tasks)
+        return
+    # fork where there is one (as torch's DataLoader does): spawn would re-run a user's __main__ script.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(workers) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.apply_async(convert, (task,)))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _kind(reason: str) -> str:
+    return reason.split(":")[0].split(" (")[0]
 
 
 def prepare(p: DataParams, out_dir: str | Path) -> dict:
     """Prepare the dataset named by `p.source` into `out_dir`; return the manifest."""
-    src = SOURCES[p.source]()
-    images = resize_images(src.images, p.resolution, p.channels)
-    train_idx, test_idx = split_indices(src.labels, p.test_fraction, p.split_seed)
-    arrays = {}
-    for split, idx in zip(SPLITS, (train_idx, test_idx)):
-        arrays[f"{split}_images"] = images[idx]
-        arrays[f"{split}_labels"] = src.labels[idx]
-
-    counts = {
-        split: {
-            "images": int(len(arrays[f"{split}_labels"])),
-            "per_class": {
-                src.class_names[k]: int(n)
-                for k, n in zip(*np.unique(arrays[f"{split}_labels"], return_counts=True))
-            },
-        }
-        for split in SPLITS
-    }
-    manifest = {
-        "source": src.name,
-        "licence": src.licence,
-        "resolution": p.resolution,
-        "channels": p.channels,
-        "num_classes": len(src.class_names),
-        "class_names": src.class_names,
-        "counts": counts,
-        "split": {"test_fraction": p.test_fraction, "seed": p.split_seed, "stratified": True},
-        "sha256": content_sha256(arrays),
-    }
+    listing = list_source(p)
+    items = listing.items
+    splits, split_info = _assign_splits(items, p)
+    workers = 1 if len(items) < INLINE_BELOW else (p.workers or os.cpu_count() or 1)
+    skipped = list(listing.skipped)
+    if skipped and p.on_error == "fail":
+        raise DataError(f"{skipped[0]['key']}: {skipped[0]['reason']} (data.on_error: fail)")
+    seen: dict[str, str] = {}
     with atomic_dir(out_dir) as tmp:
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+        shape = (p.channels, p.resolution, p.resolution)
+        writers = {s: ShardWriter(tmp, s, p.shard_size, shape) for s in SPLITS}
+        for results in _ordered_map(_tasks(listing, p), workers):
+            for i, image, reason, digest in results:
+                it = items[i]
+                if not reason and digest in seen:
+                    reason = f"duplicate (same content as {seen[digest]})"
+                if reason:
+                    if p.on_error == "fail":
+                        raise DataError(f"{it.key}: {reason} (data.on_error: fail)")
+                    skipped.append({"key": it.key, "reason": reason})
+                    continue
+                seen[digest] = it.key
+                writers[splits[i]].add(image, it.label)
+                if p.hflip and splits[i] == "train":
+                    writers["train"].add(image[:, :, ::-1], it.label)
+        shards = {s: w.close() for s, w in writers.items()}
+        usable = len(seen)
+        if usable < p.min_images or not shards["train"]["images"] or not shards["test"]["images"]:
+            why = ", ".join(f"{n} {k}" for k, n in Counter(_kind(s["reason"]) for s in skipped).most_common(3))
+            raise DataError(f"{listing.name}: {usable} usable images of {len(items) + len(listing.skipped)} "
+                            f"inputs ({len(skipped)} skipped{': ' + why if why else ''}); data.min_images = "
+                            f"{p.min_images} and each split needs one")
+        manifest = _manifest(listing, p, shards, split_info, skipped)
         write_json(tmp / MANIFEST, manifest)
     return manifest
 
 
+def _manifest(listing: Listing, p: DataParams, shards: dict, split_info: dict, skipped: list[dict]) -> dict:
+    names = listing.class_names
+    counts = {s: {"images": shards[s]["images"],
+                  "per_class": {names[k]: n for k, n in sorted(shards[s].pop("per_label").items()) if k >= 0}}
+              for s in SPLITS}
+    h = hashlib.sha256()
+    for s in SPLITS:
+        h.update(f"{s}:{shards[s]['images']}:{shards[s]['sha256']}\n".encode())
+    return {
+        "source": listing.name, **{k: v for k, v in listing.detail.items() if k != "text"},
+        "licence": listing.licence,
+        "resolution": p.resolution, "channels": p.channels, "crop": p.crop, "hflip": p.hflip,
+        "num_classes": len(names), "class_names": names,
+        "counts": counts, "split": split_info, "shards": shards,
+        "skipped": {"count": len(skipped), "by_reason": dict(Counter(_kind(s["reason"]) for s in skipped)),
+                    "items": skipped},
+        "sha256": h.hexdigest(),
+    }
+
+
 def read_manifest(prepared_dir: str | Path) -> dict:
-    return read_json(Path(prepared_dir) / MANIFEST, "`ganpipe prepare`")
+    m = read_json(Path(prepared_dir) / MANIFEST, "`ganpipe prepare`")
+    if not isinstance(m, dict) or not {"shards", "skipped", "counts", "sha256"} <= m.keys():
+        raise DataError(f"{prepared_dir}: prepared by an older ganpipe (no shards in {MANIFEST}); "
+                        "re-run `ganpipe prepare`")
+    return m
 
 
-def load_split(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-map the uint8 images and labels of one split."""
-    d = Path(prepared_dir)
-    try:
-        images = np.load(d / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
-        labels = np.load(d / f"{split}_labels.npy", allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise DataError(f"{exc.filename}: not found; run `ganpipe prepare` first") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise DataError(f"{d}: {split} split is malformed (images {images.dtype} {images.shape}, "
-                        f"labels {labels.shape}); re-run `ganpipe prepare`")
-    return images, labels
+def load_split(prepared_dir: str | Path, split: str) -> tuple[ShardedImages, np.ndarray]:
+    """The images (memory-mapped shards, one array-like) and labels of one split."""
+    manifest = read_manifest(prepared_dir)
+    if split not in manifest["shards"]:
+        raise DataError(f"{prepared_dir}: no {split} split in the manifest; re-run `ganpipe prepare`")
+    return open_split(Path(prepared_dir), manifest["shards"][split])
+
+
+def summary(manifest: dict) -> list[str]:
+    """The manifest in a few lines: what, how big, what was skipped and why."""
+    c = manifest["counts"]
+    lines = [f"{manifest['source']}: {c['train']['images']} train / {c['test']['images']} test images, "
+             f"{manifest['resolution']}px x {manifest['channels']} channel(s), sha256 {manifest['sha256'][:12]}",
+             f"licence: {manifest['licence']}"]
+    if manifest.get("attribution"):
+        lines.append(f"attribution: {manifest['attribution']}")
+    if manifest["num_classes"]:
+        per = c["train"]["per_class"]
+        lines.append(f"{manifest['num_classes']} classes (train images): "
+                     + ", ".join(f"{k} {v}" for k, v in list(per.items())[:12]) + (" ..." if len(per) > 12 else ""))
+    sk = manifest["skipped"]
+    if sk["count"]:
+        lines.append(f"skipped {sk['count']}: " + ", ".join(f"{n} {k}" for k, n in sk["by_reason"].items())
+                     + f" (every one, with its reason, in {MANIFEST})")
+    return lines
+
+
+def contact_sheet(prepared_dir: str | Path, out: str | Path, per_class: int = 8, seed: int = 0) -> Path:
+    """A PNG of random training images: one row per class (up to 32 classes), or an 8-wide grid."""
+    from ganpipe.images import grid, save_png
+
+    manifest = read_manifest(prepared_dir)
+    images, labels = load_split(prepared_dir, "train")
+    rng = np.random.default_rng(seed)
+    classes = list(range(min(manifest["num_classes"], 32))) or [-1]
+    rows = []
+    for k in classes:
+        pool = np.flatnonzero(labels == k) if k >= 0 else np.arange(len(labels))
+        pick = np.sort(rng.choice(pool, size=min(per_class * (1 if k >= 0 else 8), len(pool)), replace=False))
+        row = images[pick]
+        pad = per_class * (1 if k >= 0 else 8) - len(row)
+        rows.append(np.concatenate([row, np.zeros((pad, *row.shape[1:]), np.uint8)]) if pad > 0 else row)
+    return save_png(grid(np.concatenate(rows), cols=per_class), out)

@@ -30,11 +30,22 @@ class BaseParams(_Section):
 
 
 class DataParams(_Section):
-    source: Literal["digits"]
+    source: Literal["digits", "openmoji", "imagefolder", "torchvision"]
+    path: str = Field(min_length=1, description="imagefolder: a directory, .zip or .tar(.gz) of images")
+    labels: Literal["none", "folders"] = Field(description="imagefolder: class = first-level sub-folder")
+    licence: str = Field(description="imagefolder: licence / attribution of your images (manifest)")
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "stl10"]
+    download_dir: str | None = Field(description="torchvision cache; null: $GANPIPE_CACHE_DIR/torchvision")
     resolution: int = Field(ge=8, le=1024)
     channels: Literal[1, 3]
+    crop: Literal["center", "pad"]
+    hflip: bool = Field(description="add a mirrored copy of each training image")
     test_fraction: float = Field(gt=0.0, lt=1.0)
     split_seed: int = Field(ge=0)
+    on_error: Literal["skip", "fail"]
+    min_images: int = Field(ge=2)
+    shard_size: int = Field(ge=1, le=1_000_000)
+    workers: int = Field(ge=0, le=256, description="decode processes; 0: one per CPU core")
 
     @field_validator("resolution")
     @classmethod

@@ -298,7 +298,8 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
         with mlflow.start_run(run_id=info["mlflow_run_id"]):
             version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name,
                                          info["data_sha256"])
-        tags = {"data_sha256": info["data_sha256"], "params_hash": train_params.section_hash(),
+        tags = {"data_sha256": info["data_sha256"], "data_source": info.get("data_source", ""),
+                "data_dvc_md5": info.get("data_dvc_md5", ""), "params_hash": train_params.section_hash(),
                 "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
                 "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in scores_of(candidate).items()},
                 "gate.decision": "promoted" if decision.promote else "rejected", "gate.reason": decision.reason,

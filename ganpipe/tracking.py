@@ -104,3 +104,15 @@ def git_commit(root: str | Path) -> str:
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
+
+
+def log_dataset(prepared_dir: str | Path, manifest: dict, dvc_md5: str) -> None:
+    """The prepared data as the active run's dataset input (MLflow's Datasets tab): its content sha256,
+    source and the hash DVC recorded for it, so a run says exactly what it was trained on."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    ds = MetaDataset(resolve_dataset_source(str(Path(prepared_dir).resolve())), name=manifest["source"],
+                     digest=manifest["sha256"][:16])
+    mlflow.log_input(ds, context="training", tags={"sha256": manifest["sha256"], "dvc_md5": dvc_md5 or "unknown",
+                                                   "source": manifest["source"]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ganpipe.images import grid, save_png
 from ganpipe.io import atomic_dir, write_json
 from ganpipe.models import build_discriminator, build_generator, generator_config, init_weights, sample
 from ganpipe.params import Params
+from ganpipe.versioning import locked_hash
 
 SECTIONS = ("base", "model", "train")  # what this stage reads; dvc.yaml lists the same
 GRID_SEED0 = 10_000_000  # fixed-noise grid seeds, far from evaluation seeds
@@ -103,6 +105,8 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, root: s
         mlflow.log_params({**params.flat(*SECTIONS), "data.sha256": manifest["sha256"],
                            "data.source": manifest["source"], "data.resolution": manifest["resolution"],
                            "data.train_images": len(images)})
+        dvc_md5 = locked_hash(root, os.path.relpath(Path(prepared_dir).resolve(), Path(root).resolve()))
+        tracking.log_dataset(prepared_dir, manifest, dvc_md5)
         commit = tracking.git_commit(root)
         mlflow.set_tags({"ganpipe.stage": "train", "ganpipe.device": str(device),
                          "ganpipe.data_sha256": manifest["sha256"],
@@ -171,6 +175,7 @@ def train(params: Params, prepared_dir: str | Path, out_dir: str | Path, root: s
         info = {"mlflow_run_id": run_id, "experiment_id": exp_id, "kimg": nimg / 1000, "steps": step,
                 "device": str(device), "seconds": round(seconds, 2),
                 "images_per_second": round(nimg / seconds, 1), "data_sha256": manifest["sha256"],
+                "data_source": manifest["source"], "data_dvc_md5": dvc_md5,
                 "git_commit": commit,
                 "generator_config": config}
         write_json(tmp / "run.json", info)

@@ -42,6 +42,7 @@ def tiny_params_dict(**section_overrides: dict) -> dict:
 def _quiet_env(tmp_path_factory):
     # A private cache (reference statistics, generated features): runs do not see each other's entries.
     os.environ["GANPIPE_CACHE_DIR"] = str(tmp_path_factory.mktemp("ganpipe-cache"))
+    os.environ["GANPIPE_DVC_REMOTE"] = str(tmp_path_factory.mktemp("dvc-remote"))  # where flows push data
     os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1",
                       PREFECT_SERVER_ANALYTICS_ENABLED="false")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -74,6 +75,7 @@ def make_project(root: Path, raw_params: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "ganpipe", root / "ganpipe", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "raw", root / "raw")  # data.path: a dependency of the prepare stage
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
     (root / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
     git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]

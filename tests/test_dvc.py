@@ -32,8 +32,11 @@ def test_stage_graph_matches_the_code_layout():
         assert stage["cmd"] == f"ganpipe {name}"
         outs = {o for st in stages.values() for o in st.get("outs", []) + st.get("metrics", [])}
         for dep in stage["deps"]:
+            if dep == "${data.path}":  # the user's images (DVC interpolates params.yaml)
+                continue
             assert dep in outs or (REPO / dep).is_file(), f"{name}: dependency {dep} is neither code nor an output"
     assert stages["train"]["params"] == list(train_stage.SECTIONS)
+    assert "${data.path}" in stages["prepare"]["deps"]
 
 
 def _ran(output: str) -> list[str]:
@@ -58,3 +61,27 @@ def test_repro_twice_reruns_nothing_and_a_train_param_reruns_only_downstream(pro
     assert _ran(third.stdout) == ["train", "evaluate", "register"]
     assert "Stage 'prepare' didn't change" in third.stdout and "Stage 'ref-stats' didn't change" in third.stdout
     assert "Data and pipelines are up to date" in run(dvc + ["status"], project).stdout
+
+
+def test_a_new_image_in_the_folder_reruns_prepare(project):
+    """data.path is a dependency: DVC hashes the user's images, so adding one makes prepare stale."""
+    import numpy as np
+    from PIL import Image
+
+    images = project / "images"
+    for c in ("a", "b"):
+        (images / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((20, 20, 3), 40 * i + (c == "b") * 7, np.uint8)).save(images / c / f"{i}.png")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(source="imagefolder", path="images", labels="folders", min_images=4)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = [sys.executable, "-m", "dvc"]
+    run(dvc + ["repro", "prepare"], project)
+    assert "up to date" in run(dvc + ["status", "prepare"], project).stdout
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8) + 99).save(images / "a" / "new.png")
+    assert "images" in run(dvc + ["status", "prepare"], project).stdout  # changed dependency
+    out = run(dvc + ["repro", "prepare"], project)
+    assert _ran(out.stdout) == ["prepare"]
+    manifest = yaml.safe_load((project / "data" / "prepared" / "manifest.json").read_text())
+    assert manifest["counts"]["train"]["images"] + manifest["counts"]["test"]["images"] == 13

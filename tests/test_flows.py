@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 import yaml
 
 from ganpipe.errors import ConfigError
+from ganpipe.versioning import ensure_remote
 from tests.conftest import mlflow_client, run
 
 
@@ -25,10 +27,29 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
     status = run([sys.executable, "-m", "dvc", "status"], project)
     assert "Data and pipelines are up to date" in status.stdout
 
+    # the run names its dataset (content sha256 and DVC's hash); so does the registered version
+    prepared_md5 = next(o["md5"] for o in lock["prepare"]["outs"] if o["path"] == "data/prepared")
+    manifest = json.loads((project / "data" / "prepared" / "manifest.json").read_text())
+    run_inputs = client.get_run(holder.run_id).inputs.dataset_inputs
+    tags = {t.key: t.value for t in run_inputs[0].tags}
+    assert tags["sha256"] == manifest["sha256"] and tags["dvc_md5"] == prepared_md5
+    assert holder.tags["data_dvc_md5"] == prepared_md5 and holder.tags["data_source"] == "digits"
+
     # a second flow run on unchanged inputs reproduces nothing and registers nothing new
     again = training_pipeline(project_dir=str(project))
     assert again["version"] == "1"
     assert len(client.search_model_versions(f"name='{result['model_name']}'")) == 1
+
+    # the flow pushed the prepared data: a fresh clone pulls exactly the same files
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    run(git + ["add", "-A"], project)
+    run(git + ["commit", "-q", "-m", "pipeline run"], project)
+    clone = project.parent / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], project.parent)
+    ensure_remote(clone)
+    run([sys.executable, "-m", "dvc", "pull", "prepare"], clone)
+    for f in (project / "data" / "prepared").iterdir():
+        assert (clone / "data" / "prepared" / f.name).read_bytes() == f.read_bytes(), f.name
 
 
 def test_bad_params_fail_the_flow_before_any_stage(project, prefect_harness):

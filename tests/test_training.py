@@ -89,6 +89,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny):
 def _halves_dataset(d, n: int = 256, num_classes: int = 2) -> None:
     """A labelled toy set: class 0 bright on the left half, class 1 bright on the right half."""
     from ganpipe.io import write_json
+    from ganpipe.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     y = np.arange(n) % 2
@@ -97,12 +98,16 @@ def _halves_dataset(d, n: int = 256, num_classes: int = 2) -> None:
     x[y == 1, :, :, 8:] = 255
     x = np.clip(x + rng.integers(-20, 20, x.shape), 0, 255).astype(np.uint8)
     d.mkdir(parents=True)
+    shards = {}
     for split in ("train", "test"):
-        np.save(d / f"{split}_images.npy", x)
-        np.save(d / f"{split}_labels.npy", (y if num_classes > 1 else 0 * y).astype(np.int64))
-    write_json(d / "manifest.json", {"source": "halves", "resolution": 16, "channels": 1,
-                                     "num_classes": num_classes, "class_names": ["left", "right"][:num_classes],
-                                     "sha256": "0" * 64})
+        w = ShardWriter(d, split, 1000, (1, 16, 16))
+        for img, label in zip(x, y if num_classes > 1 else 0 * y):
+            w.add(img, label)
+        shards[split] = w.close()
+    write_json(d / "manifest.json", {"source": "halves", "resolution": 16, "channels": 1, "num_classes": num_classes,
+                                     "class_names": ["left", "right"][:num_classes], "sha256": "0" * 64,
+                                     "shards": shards, "skipped": {"count": 0, "by_reason": {}, "items": []},
+                                     "counts": {s: {"images": n} for s in shards}})
 
 
 def test_conditional_generator_draws_the_requested_class(tmp_path):
