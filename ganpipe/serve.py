@@ -29,7 +29,9 @@ def serve_command(sp: ServeParams, model: str, port: int, root: str | Path = "."
         raise RegistryError(f"{model}: serve a registered model (models:/NAME@ALIAS or models:/NAME/VERSION)")
     argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", meta["model_uri"], "--env-manager", "local",
             "-h", sp.host, "-p", str(port), "-w", str(sp.workers), "-t", str(sp.timeout_s)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, MAX_IMAGES_ENV: str(sp.max_images),
+    # mlflow starts `uvicorn` by name: find it next to this interpreter even when the venv is not active
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, MAX_IMAGES_ENV: str(sp.max_images),
            SERVED_AS_ENV: json.dumps({k: meta[k] for k in ("model", "version", "alias")})}
     return argv, env, meta
 

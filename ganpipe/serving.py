@@ -108,7 +108,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
                      "run_id": origin.get("run_id", ""), "data_sha256": origin.get("data_sha256", "")}
 
     @torch.no_grad()
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        # The DataFrame hint is one MLflow infers no schema from: the records reach parse_records as sent.
         try:
             records = parse_records(model_input, self.G.num_classes, self.max_images)
         except BadRequest as exc:

@@ -107,7 +107,7 @@ def last_conv_key(state: dict) -> str:
     return [k for k in state if k.endswith("weight") and state[k].ndim == 4][-1]
 
 
-def build_trained(root: Path):
+def build_trained(root: Path, **section_overrides: dict):
     """Prepare, reference statistics and a tiny training run in-process; returns (params, layout)."""
     from ganpipe.data import prepare
     from ganpipe.features import build_extractor
@@ -116,7 +116,7 @@ def build_trained(root: Path):
     from ganpipe.refstats import compute_ref_stats
     from ganpipe.train import train
 
-    raw = tiny_params_dict()
+    raw = tiny_params_dict(**section_overrides)
     p = parse_params(raw)
     lay = layout(root)
     lay.root.mkdir(parents=True, exist_ok=True)
@@ -131,6 +131,12 @@ def build_trained(root: Path):
 @pytest.fixture(scope="module")
 def trained_project(tmp_path_factory):
     return build_trained(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="module")
+def conditional_project(tmp_path_factory):
+    """A tiny class-conditional generator trained on the digits (10 classes)."""
+    return build_trained(tmp_path_factory.mktemp("conditional"), model={"conditional": True})
 
 
 @pytest.fixture(scope="session")

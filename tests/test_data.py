@@ -282,3 +282,14 @@ def test_torchvision_datasets_keep_their_own_split(name, tmp_path, tiny, monkeyp
         assert m["counts"][split]["images"] == len(expected[split][1])
         _, y = load_split(tmp_path / "prepared", split)
         assert np.array_equal(y, expected[split][1])
+
+
+def test_outputs_get_ordinary_permissions(tmp_path, tiny):
+    """Temp files and directories are private (0600/0700); the renamed results follow the umask."""
+    old = os.umask(0o022)
+    try:
+        prepare(tiny.data, tmp_path / "prepared")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "prepared").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "prepared" / "manifest.json").stat().st_mode & 0o777 == 0o644

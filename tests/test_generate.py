@@ -17,8 +17,8 @@ from ganpipe.registry import register
 
 
 @pytest.fixture(scope="module")
-def champion(trained_project):
-    p, lay = trained_project
+def champion(conditional_project):
+    p, lay = conditional_project
     evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     r = register(p.registry, p.eval, lay)
     return p, lay, f"models:/{p.registry.model_name}@{p.registry.alias}", r

@@ -158,3 +158,7 @@ def test_generate_cli_same_seed_same_image(trained_project, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--model",
                           "models:/no-such-model@champion"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no-such-model" in bad.stderr and "Traceback" not in bad.stderr
+    uncond = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--class", "3",
+                             "--out", str(tmp_path / "cls.png")], capture_output=True, text=True)
+    assert uncond.returncode == 2 and "unconditional" in uncond.stderr and not (tmp_path / "cls.png").exists()
+    assert "Warning" not in uncond.stderr  # one clear line, no library noise

@@ -6,10 +6,12 @@ import base64
 import http.client
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,13 +70,17 @@ def _post(port: int, body) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(trained_project):
-    p, lay = trained_project
+def server(conditional_project):
+    p, lay = conditional_project
     evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     r = register(p.registry, p.eval, lay)
     port = _free_port()
+    # as a user would start it, without the venv on PATH (mlflow looks uvicorn up by name)
+    bindir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != bindir)
     proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PATH": path})
     deadline = time.monotonic() + 180
     while True:
         try:

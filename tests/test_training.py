@@ -117,7 +117,7 @@ def test_conditional_generator_draws_the_requested_class(tmp_path):
     lay = layout(tmp_path)
     _halves_dataset(lay.prepared_dir)
     p = parse_params(tiny_params_dict(model={"g_channels": 16, "d_channels": 16, "conditional": True},
-                                      train={"total_kimg": 8.0, "snapshot_kimg": 8.0, "lr": 0.0005, "ema_kimg": 0.1}))
+                                      train={"total_kimg": 16.0, "snapshot_kimg": 16.0, "lr": 0.0005, "ema_kimg": 0.1}))
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
     G, config = load_generator(lay.checkpoint_path)
     assert config["num_classes"] == 2 and config["class_names"] == ["left", "right"]
