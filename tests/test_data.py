@@ -293,3 +293,32 @@ def test_outputs_get_ordinary_permissions(tmp_path, tiny):
         os.umask(old)
     assert (tmp_path / "prepared").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "prepared" / "manifest.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_cli_prepare_and_data_show(tmp_path, tiny_raw):
+    """`ganpipe prepare` stops a fatal problem with one line and exit 2; `ganpipe data show` summarises
+    the manifest and writes a contact sheet with a row of samples per class."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "empty").mkdir()
+    tiny_raw["data"].update(source="imagefolder", path=str(tmp_path / "empty"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
+    cli = [sys.executable, "-m", "ganpipe", "-C", str(tmp_path)]
+    bad = subprocess.run(cli + ["prepare"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no image files" in bad.stderr
+
+    make_folder(tmp_path / "raw")
+    tiny_raw["data"].update(path=str(tmp_path / "raw"), labels="folders", min_images=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
+    ok = subprocess.run(cli + ["prepare"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    show = subprocess.run(cli + ["data", "show", "--out", str(tmp_path / "sheet.png"), "--per-class", "3"],
+                          capture_output=True, text=True)
+    assert show.returncode == 0, show.stderr
+    assert "imagefolder:" in show.stdout and "2 classes" in show.stdout and "skipped" in show.stdout
+    res = tiny_raw["data"]["resolution"]
+    with Image.open(tmp_path / "sheet.png") as sheet:  # 2 classes x 3 samples, 2 px padding
+        assert sheet.size == (3 * (res + 2) + 2, 2 * (res + 2) + 2)
