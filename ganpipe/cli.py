@@ -146,7 +146,11 @@ def cmd_rollback(args) -> None:
 def cmd_run(args) -> None:
     from flows.training_pipeline import training_pipeline
 
-    r = training_pipeline(project_dir=str(args.layout.root))
+    r = training_pipeline(project_dir=str(args.layout.root), force=args.force)
+    if r["skipped"]:
+        print(f"skipped: {r['reason']}; champion: models:/{r['model_name']}@{r['alias']} = v{r['champion']} "
+              "(`ganpipe run --force` retrains anyway)")
+        return
     print(f"champion: models:/{r['model_name']}@{r['alias']} = v{r['champion']}; "
           f"this run registered v{r['version']} ({'promoted' if r['promoted'] else 'not promoted'})")
 
@@ -196,10 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     stages = [("prepare", cmd_prepare, "prepare the dataset into data/prepared"),
               ("ref-stats", cmd_ref_stats, "features and statistics of the real reference set"),
               ("train", cmd_train, "train the GAN (tracked in MLflow)"),
-              ("register", cmd_register, "register the generator and apply the promotion rule"),
-              ("run", cmd_run, "run the whole pipeline through the Prefect flow")]
+              ("register", cmd_register, "register the generator and apply the promotion rule")]
     for name, fn, help_ in stages:
         sub.add_parser(name, help=help_).set_defaults(fn=fn)
+    r = sub.add_parser("run", help="run the whole pipeline through the Prefect flow (skips when nothing changed)")
+    r.add_argument("--force", action="store_true", help="train, evaluate and register even if nothing changed")
+    r.set_defaults(fn=cmd_run)
     d = sub.add_parser("data", help="look at the prepared dataset").add_subparsers(dest="data_command",
                                                                                    required=True, metavar="ACTION")
     show = d.add_parser("show", help="print the manifest summary and write a contact sheet of samples per class")

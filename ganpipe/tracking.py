@@ -116,3 +116,16 @@ def log_dataset(prepared_dir: str | Path, manifest: dict, dvc_md5: str) -> None:
                      digest=manifest["sha256"][:16])
     mlflow.log_input(ds, context="training", tags={"sha256": manifest["sha256"], "dvc_md5": dvc_md5 or "unknown",
                                                    "source": manifest["source"]})
+
+
+def describe_run(run_id: str, markdown: str) -> None:
+    """Set a run's description (the MLflow UI's notes) to `markdown`."""
+    MlflowClient().set_tag(run_id, "mlflow.note.content", markdown)
+
+
+def log_skipped_run(root: str | Path, experiment: str, reason: str, markdown: str) -> str:
+    """A run that records a pipeline run that had nothing to do (seen in the MLflow UI); returns its id."""
+    configure(root)
+    with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name="skipped: nothing changed") as run:
+        mlflow.set_tags({"ganpipe.stage": "pipeline", "ganpipe.skipped": reason, "mlflow.note.content": markdown})
+    return run.info.run_id

@@ -35,10 +35,25 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
     assert tags["sha256"] == manifest["sha256"] and tags["dvc_md5"] == prepared_md5
     assert holder.tags["data_dvc_md5"] == prepared_md5 and holder.tags["data_source"] == "digits"
 
-    # a second flow run on unchanged inputs reproduces nothing and registers nothing new
-    again = training_pipeline(project_dir=str(project))
-    assert again["version"] == "1"
+    # the summary went to the MLflow run's description and to a Prefect artifact of the flow run
+    note = client.get_run(holder.run_id).data.tags["mlflow.note.content"]
+    assert f"v1 is the new {result['alias']}" in note and "| kid |" in note
+    assert _artifact("training-pipeline") and "| kid |" in _artifact("training-pipeline")
+
+    # a second flow run on unchanged inputs ends at once as Skipped, visible in Prefect and MLflow
+    state = training_pipeline(project_dir=str(project), return_state=True)
+    assert state.name == "Skipped" and "nothing changed" in state.message
+    again = state.result()
+    assert again["skipped"] and again["champion"] == "1"
     assert len(client.search_model_versions(f"name='{result['model_name']}'")) == 1
+    skipped = client.search_runs([client.get_run(holder.run_id).info.experiment_id],
+                                 "tags.`ganpipe.skipped` = 'nothing changed'")
+    assert len(skipped) == 1
+    assert "skipped: nothing changed" in _artifact("training-pipeline")
+
+    # --force retrains on unchanged inputs: a new version goes through the gate (same seed: no better)
+    forced = training_pipeline(project_dir=str(project), force=True)
+    assert not forced["skipped"] and forced["version"] == "2" and not forced["promoted"]
 
     # the flow pushed the prepared data: a fresh clone pulls exactly the same files
     git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
@@ -50,6 +65,14 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
     run([sys.executable, "-m", "dvc", "pull", "prepare"], clone)
     for f in (project / "data" / "prepared").iterdir():
         assert (clone / "data" / "prepared" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def _artifact(key: str) -> str:
+    """The latest markdown of the Prefect artifact `key`, read back from the (test) server."""
+    from prefect.artifacts import Artifact
+
+    found = Artifact.get(key)
+    return "" if found is None else str(found.data)
 
 
 def test_bad_params_fail_the_flow_before_any_stage(project, prefect_harness):

@@ -1,0 +1,42 @@
+"""A pipeline run in a few lines of markdown: the candidate against the champion and the gate's verdict.
+
+The same text becomes a Prefect artifact of the flow run and the MLflow run's description, so the UI a
+user happens to open says what happened and why.
+"""
+
+from __future__ import annotations
+
+from ganpipe.metrics import higher_is_better
+
+ORDER = ("kid", "fid", "precision", "recall", "density", "coverage", "memorization", "is")
+
+
+def registration_markdown(r: dict, run_id: str = "", tracking_uri: str = "") -> str:
+    """Markdown for a `register` result (reports/registration.json)."""
+    verdict = (f"**v{r['version']} is the new {r['alias']}**" if r["promoted"]
+               else f"**{r['alias']} stays v{r['champion']}**; v{r['version']} is the challenger")
+    lines = [f"### {r['model_name']}: {verdict}", "", r["reason"], ""]
+    champ = r.get("champion_metrics") or {}
+    keys = [k for k in ORDER if k in r["metrics"]]
+    if keys:
+        lines += ["| metric | candidate | champion | better |", "|---|---:|---:|---|"]
+        for k in keys:
+            c = champ.get(k)
+            better = "higher" if higher_is_better(k) else "lower"
+            lines.append(f"| {k} | {r['metrics'][k]:.4g} | {'-' if c is None else f'{c:.4g}'} | {better} |")
+        lines.append("")
+    if r.get("interval"):
+        i = r["interval"]
+        lines.append(f"{i['metric']} difference (candidate - champion): {i['point']:.4g} "
+                     f"[{i['low']:.4g}, {i['high']:.4g}] at {i['confidence']:.0%} (paired bootstrap)")
+        lines.append("")
+    for c in r.get("checks", []):
+        lines.append(f"- {'pass' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}")
+    lines += ["", f"protocol `{r['fingerprint']}`, model `{r['model_uri']}`"
+              + (f", MLflow run `{run_id}`" if run_id else "") + (f" on `{tracking_uri}`" if tracking_uri else "")]
+    return "\n".join(lines).strip() + "\n"
+
+
+def skipped_markdown(reason: str, registration: dict | None) -> str:
+    champ = "" if not registration else f" {registration['model_name']}@{registration['alias']} stays v{registration['champion']}."
+    return f"### skipped: {reason}\n\nDVC reports data, params and code unchanged since `dvc.lock`;{champ}\n"
