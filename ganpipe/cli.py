@@ -183,6 +183,21 @@ def cmd_serve(args) -> None:
     serve(_params(args).serve, args.model or _champion_uri(args), args.port, args.layout.root)
 
 
+def cmd_server(args) -> None:
+    from ganpipe.schedule import server_command
+
+    cmd = server_command(args.port)
+    print(f"Prefect server on http://127.0.0.1:{args.port}; in another shell: "
+          f"export PREFECT_API_URL=http://127.0.0.1:{args.port}/api", flush=True)
+    os.execvp(cmd[0], cmd)
+
+
+def cmd_schedule(args) -> None:
+    from ganpipe.schedule import serve_nightly
+
+    serve_nightly(_params(args).schedule, args.layout.root)
+
+
 def cmd_ui(args) -> None:
     from ganpipe.tracking import tracking_uri
 
@@ -253,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="models:/NAME/VERSION or @ALIAS (default: the champion)")
     s.add_argument("--port", type=int, default=5001)
     s.set_defaults(fn=cmd_serve)
+    sv = sub.add_parser("server", help="start a local Prefect server (SQLite) on 127.0.0.1")
+    sv.add_argument("--port", type=int, default=4200)
+    sv.set_defaults(fn=cmd_server)
+    sub.add_parser("schedule", help="serve the nightly deployment (schedule.cron) to the Prefect server at "
+                   "PREFECT_API_URL").set_defaults(fn=cmd_schedule)
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(fn=cmd_ui)

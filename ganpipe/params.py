@@ -147,6 +147,25 @@ class ServeParams(_Section):
     timeout_s: int = Field(ge=1, description="per request")
 
 
+class ScheduleParams(_Section):
+    """`ganpipe schedule`: the nightly deployment of the training-pipeline flow."""
+
+    deployment: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    cron: str = Field(pattern=r"^\S+( \S+){4}$", description="five-field cron, e.g. '0 2 * * *'")
+    timezone: str = Field(min_length=1, description="IANA time zone of the cron, e.g. UTC or Europe/Berlin")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return v
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -155,6 +174,7 @@ class Params(_Section):
     eval: EvalParams
     registry: RegistryParams
     serve: ServeParams
+    schedule: ScheduleParams
 
     def section_hash(self, *sections: str) -> str:
         """sha256 of the canonical JSON of the named sections (all when none are named)."""

@@ -1,0 +1,58 @@
+"""`ganpipe server` and `ganpipe schedule`: a nightly training run on a real Prefect server.
+
+`serve(cron=...)` needs a real API server, not the temporary one Prefect starts for a single flow run
+(PrefectHQ/examples#18): `schedule` refuses to run without PREFECT_API_URL and says how to get one.
+Schedules stay active when the serving process stops (`pause_on_shutdown=False`, prefect#16363), so a
+restart of the process picks the same schedule up again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ganpipe.errors import ConfigError
+from ganpipe.params import ScheduleParams
+
+FLOW = "training-pipeline"
+
+
+def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """A local Prefect server (SQLite under PREFECT_HOME, ~/.prefect by default)."""
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+
+
+def api_url() -> str:
+    """The Prefect API the deployment is served to; a ConfigError when there is none."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if not url:
+        raise ConfigError("no Prefect server: start one with `ganpipe server` (or use your team's), then "
+                          "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    return url
+
+
+def cron_schedule(sp: ScheduleParams):
+    """The schedule object; a bad cron string is a ConfigError naming schedule.cron."""
+    from pydantic import ValidationError
+
+    from prefect.schedules import Cron
+
+    try:
+        return Cron(sp.cron, timezone=sp.timezone)
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"schedule.cron = {sp.cron!r}: {str(exc).splitlines()[-1].strip()}") from None
+
+
+def serve_nightly(sp: ScheduleParams, root: str | Path) -> None:
+    """Serve deployment `training-pipeline/<sp.deployment>` on its cron; runs until interrupted."""
+    from flows.training_pipeline import training_pipeline
+
+    url = api_url()
+    schedule = cron_schedule(sp)
+    print(f"serving {FLOW}/{sp.deployment} on {url}: cron '{sp.cron}' ({sp.timezone}) for {Path(root).resolve()}",
+          flush=True)
+    training_pipeline.serve(name=sp.deployment, schedules=[schedule], parameters={"project_dir": str(Path(root).resolve())},
+                            pause_on_shutdown=False, print_starting_message=False)
