@@ -61,7 +61,7 @@ def _assign_splits(items: list[Item], p: DataParams) -> tuple[list[str], dict]:
 
 def _tasks(listing: Listing, p: DataParams) -> Iterator[tuple]:
     batch = []
-    for entry in payloads(listing, p):
+    for entry in payloads(listing):
         batch.append(entry)
         if len(batch) == TASK_ITEMS:
             yield batch, p.resolution, p.channels, p.crop
@@ -108,8 +108,9 @@ def prepare(p: DataParams, out_dir: str | Path) -> dict:
         for results in _ordered_map(_tasks(listing, p), workers):
             for i, image, reason, digest in results:
                 it = items[i]
-                if not reason and digest in seen:
-                    reason = f"duplicate (same content as {seen[digest]})"
+                if not reason and digest in seen:  # not an error: dropped and counted under either on_error
+                    skipped.append({"key": it.key, "reason": f"duplicate (same content as {seen[digest]})"})
+                    continue
                 if reason:
                     if p.on_error == "fail":
                         raise DataError(f"{it.key}: {reason} (data.on_error: fail)")

@@ -164,7 +164,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("GANPIPE_CACHE_DIR") or Path.home() / ".cache" / "ganpipe")
 
 
-def payloads(listing: Listing, p: DataParams) -> Iterator[tuple[int, str, object]]:
+def payloads(listing: Listing) -> Iterator[tuple[int, str, object]]:
     """(position, kind, payload) for each item, in listing order; archives are read in one pass."""
     if listing.kind == "member":
         path = Path(listing.detail["path"])

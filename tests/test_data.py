@@ -93,8 +93,8 @@ def test_on_error_fail_stops_at_the_first_bad_file_and_keeps_the_old_output(tmp_
     make_folder(tmp_path / "raw")
     (tmp_path / "raw" / "README.md").unlink()
     for f in (tmp_path / "raw" / "cats").glob("*"):
-        if f.name in ("notes.txt", "text.png", "zero.png", "truncated.png", "duplicate.png", "bomb.png"):
-            f.unlink()
+        if f.name in ("notes.txt", "text.png", "zero.png", "truncated.png", "bomb.png"):
+            f.unlink()  # duplicate.png stays: a duplicate is dropped, never an error
     p = _folder_params(tiny, tmp_path / "raw")
     before = prepare(p, tmp_path / "prepared")
     with pytest.raises(DataError, match=r"cats/truncated.jpg: truncated or corrupt image.*\(data.on_error: fail\)"):
