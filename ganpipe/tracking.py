@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -112,8 +113,10 @@ def log_dataset(prepared_dir: str | Path, manifest: dict, dvc_md5: str) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    ds = MetaDataset(resolve_dataset_source(str(Path(prepared_dir).resolve())), name=manifest["source"],
-                     digest=manifest["sha256"][:16])
+    with warnings.catch_warnings():  # MLflow registers its local-path source twice and says so on every call
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(prepared_dir).resolve()))
+    ds = MetaDataset(source, name=manifest["source"], digest=manifest["sha256"][:16])
     mlflow.log_input(ds, context="training", tags={"sha256": manifest["sha256"], "dvc_md5": dvc_md5 or "unknown",
                                                    "source": manifest["source"]})
 

@@ -1,0 +1,69 @@
+"""The pipeline against a real MLflow tracking server on loopback (what a team shares), not only SQLite."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}", tmp_path
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def test_pipeline_logs_and_registers_on_a_tracking_server(mlflow_server, tmp_path_factory, monkeypatch):
+    from ganpipe.evaluate import evaluate
+    from ganpipe.generate import generate
+    from ganpipe.registry import register
+    from tests.conftest import build_trained
+
+    uri, server_dir = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    p, lay = build_trained(tmp_path_factory.mktemp("remote"))
+    evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
+    r = register(p.registry, p.eval, lay)
+    assert r["promoted"] and r["version"] == "1"
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version_by_alias(p.registry.model_name, p.registry.alias)
+    run = client.get_run(mv.run_id)
+    assert run.data.params["train.lr"] == str(p.train.lr) and "kid" in run.data.metrics
+    # nothing went to a local store: runs, model and artifacts live on the server
+    assert not (lay.root / "mlflow.db").exists() and not (lay.root / "mlartifacts").exists()
+    assert any((server_dir / "server-artifacts").rglob("generator.safetensors"))
+    out = generate(f"models:/{p.registry.model_name}@{p.registry.alias}", 4, 0, tmp_path_factory.mktemp("g") / "g.png",
+                   root=lay.root)
+    assert out[0].stat().st_size > 0
