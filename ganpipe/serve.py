@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ganpipe import tracking
+from ganpipe.errors import RegistryError
 from ganpipe.params import ServeParams
 from ganpipe.serving import MAX_IMAGES_ENV, SERVED_AS_ENV
 
@@ -24,8 +25,6 @@ def serve_command(sp: ServeParams, model: str, port: int, root: str | Path = "."
     uri = tracking.configure(root)
     meta = model_meta(model)  # also: one clear error for an unknown model, version or alias
     if not meta["model_uri"].startswith(("models:/", "runs:/")):
-        from ganpipe.errors import RegistryError
-
         raise RegistryError(f"{model}: serve a registered model (models:/NAME@ALIAS or models:/NAME/VERSION)")
     argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", meta["model_uri"], "--env-manager", "local",
             "-h", sp.host, "-p", str(port), "-w", str(sp.workers), "-t", str(sp.timeout_s)]

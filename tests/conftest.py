@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import http.client
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +64,31 @@ def tiny(tiny_raw):
     from ganpipe.params import parse_params
 
     return parse_params(tiny_raw)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(proc: subprocess.Popen, port: int, path: str, timeout_s: float = 180) -> None:
+    """Poll GET http://127.0.0.1:port/path until it answers 200; fail with the server's output if the
+    process exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server on port {port} did not come up:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 
 def test_help_lists_every_stage_and_command():
@@ -19,15 +18,9 @@ def test_help_lists_every_stage_and_command():
         assert cmd in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_project_store_on_loopback(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(tmp_path), "ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

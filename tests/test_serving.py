@@ -7,10 +7,8 @@ import http.client
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from ganpipe.generate import generate, replay
 from ganpipe.images import png_text
 from ganpipe.registry import register
 from ganpipe.serving import BadRequest, parse_records
+from tests.conftest import free_port, wait_for_http
 
 
 def test_records_are_validated_one_by_one():
@@ -50,12 +49,6 @@ def test_records_are_validated_one_by_one():
         parse_records(np.zeros((2, 2)), 10, 8)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     payload = body if isinstance(body, str) else json.dumps(body)
@@ -74,26 +67,14 @@ def server(conditional_project):
     p, lay = conditional_project
     evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     r = register(p.registry, p.eval, lay)
-    port = _free_port()
+    port = free_port()
     # as a user would start it, without the venv on PATH (mlflow looks uvicorn up by name)
     bindir = str(Path(sys.executable).parent)
     path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != bindir)
     proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PATH": path})
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/ping")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not come up:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.5)
+    wait_for_http(proc, port, "/ping")
     yield p, lay, r, port
     proc.terminate()
     try:
