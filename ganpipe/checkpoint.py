@@ -42,3 +42,37 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     G = build_generator(config)
     G.load_state_dict(ckpt["G_ema"])
     return G.to(device).eval().requires_grad_(False), config
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG a training step draws from: torch (CPU and each CUDA device), numpy and Python."""
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": np_state[1].tolist(), "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                      "gauss": float(np_state[4])},
+            "python": _python_state(random.getstate())}
+
+
+def set_rng_states(s: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = s["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _python_state(state: tuple) -> list:
+    # lists and ints only: weights_only loading accepts them, no pickled objects
+    version, internal, gauss = state
+    return [version, list(internal), gauss]

@@ -47,12 +47,21 @@ def cmd_ref_stats(args) -> None:
           f"(weights {ref.key['weights_sha256'][:12]}){' from the cache' if ref.from_cache else ''}")
 
 
+RESUME_ENV = "GANPIPE_TRAIN_RESUME"  # "1": `ganpipe train` resumes (how a Prefect retry asks it through dvc)
+
+
 def cmd_train(args) -> None:
     from ganpipe.train import train
 
-    info = train(_params(args), args.layout.prepared_dir, args.layout.models_dir, args.layout.root)
-    print(f"trained {info['kimg']:g} kimg on {info['device']} in {info['seconds']:.0f}s "
-          f"({info['images_per_second']:.0f} img/s); MLflow run {info['mlflow_run_id']}")
+    resume = args.resume or os.environ.get(RESUME_ENV) == "1"
+    info = train(_params(args), args.layout.prepared_dir, args.layout.models_dir, args.layout.root,
+                 resume=resume, force=args.force)
+    if "mlflow_run_id" not in info:
+        return  # a torchrun worker other than rank 0
+    resumed = f" (resumed at {info['resumed_from_kimg']:g} kimg)" if info["resumed_from_kimg"] else ""
+    print(f"trained {info['kimg']:g} kimg{resumed} on {info['device']} in {info['seconds']:.0f}s "
+          f"({info['images_per_second']:.0f} img/s); best snapshot at {info['best_kimg']:g} kimg "
+          f"(quick KID {info['best_quick_kid']:.4g}); MLflow run {info['mlflow_run_id']}")
 
 
 def _print_result(r: dict) -> None:
@@ -214,10 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stages = [("prepare", cmd_prepare, "prepare the dataset into data/prepared"),
               ("ref-stats", cmd_ref_stats, "features and statistics of the real reference set"),
-              ("train", cmd_train, "train the GAN (tracked in MLflow)"),
               ("register", cmd_register, "register the generator and apply the promotion rule")]
     for name, fn, help_ in stages:
         sub.add_parser(name, help=help_).set_defaults(fn=fn)
+    t = sub.add_parser("train", help="train the GAN (tracked in MLflow); torchrun --nproc_per_node N -m ganpipe "
+                                     "train for several processes")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the newest snapshot in models.partial/ and its MLflow run "
+                        f"(also when ${RESUME_ENV}=1)")
+    t.add_argument("--force", action="store_true", help="with --resume: resume even though params changed")
+    t.set_defaults(fn=cmd_train)
     r = sub.add_parser("run", help="run the whole pipeline through the Prefect flow (skips when nothing changed)")
     r.add_argument("--force", action="store_true", help="train, evaluate and register even if nothing changed")
     r.set_defaults(fn=cmd_run)

@@ -15,3 +15,7 @@ class DataError(GanpipeError):
 
 class RegistryError(GanpipeError):
     """The model registry is not in the state an operation needs."""
+
+
+class TrainingError(GanpipeError):
+    """Training could not produce a usable generator: it diverged past its rollbacks or collapsed."""

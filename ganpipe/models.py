@@ -21,7 +21,7 @@ def _num_blocks(resolution: int) -> int:
     return n
 
 
-def _check_classes(module: nn.Module, c: torch.Tensor | None, n: int) -> None:
+def check_classes(module: nn.Module, c: torch.Tensor | None, n: int) -> None:
     if module.num_classes and (c is None or c.shape != (n,)):
         raise ValueError(f"this conditional network needs one class per image, got {None if c is None else tuple(c.shape)}")
     if not module.num_classes and c is not None:
@@ -70,7 +70,7 @@ class DCGANGenerator(nn.Module):
         self.z_dim = z_dim
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        _check_classes(self, c, len(z))
+        check_classes(self, c, len(z))
         x = z[:, :, None, None]
         for layer in self.net:
             x = layer(x, c) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
@@ -80,27 +80,31 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """Mirror of the generator: strided convs, BN (not on the first layer) + LeakyReLU(0.2), logit.
 
+    `norm="layer"` (for WGAN-GP, whose penalty needs each sample's gradient alone) uses layer norm.
     Conditional (num_classes > 0): the class enters as one-hot input planes (Mirza & Osindero 2014).
     A projection head (Miyato & Koyama 2018) was tried: on digits with this DCGAN and 60 kimg, G ignored
     the class with its small initialisation and training collapsed to grey with a larger one.
     """
 
-    def __init__(self, channels: int, resolution: int, width: int, num_classes: int = 0):
+    def __init__(self, channels: int, resolution: int, width: int, num_classes: int = 0, norm: str = "batch"):
         super().__init__()
         n = _num_blocks(resolution)
         ch = width
         self.num_classes = num_classes
+
+        def normalise(c: int) -> nn.Module:  # a gradient penalty needs per-sample D: no batch norm then
+            return nn.BatchNorm2d(c) if norm == "batch" else nn.GroupNorm(1, c)
+
         layers: list[nn.Module] = [nn.Conv2d(channels + num_classes, ch, 4, 2, 1, bias=False),
                                    nn.LeakyReLU(0.2, True)]
         for _ in range(n - 1):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), normalise(ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
         layers += [nn.Conv2d(ch, 1, 4, 1, 0, bias=False)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        _check_classes(self, c, len(x))
+        check_classes(self, c, len(x))
         if self.num_classes:
             planes = F.one_hot(c, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)
@@ -111,11 +115,14 @@ def init_weights(m: nn.Module) -> None:
     """DCGAN init: N(0, 0.02) convs, N(1, 0.02) BN scales."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(m.weight, 0.0, 0.02)
-    elif isinstance(m, nn.BatchNorm2d) and m.affine:
+    elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Embedding):  # G's class gains and biases: start near plain BN
         nn.init.normal_(m.weight, 0.0, 0.02)
+
+
+ARCHS = ("dcgan", "resnet")
 
 
 def generator_config(model: dict, channels: int, resolution: int, num_classes: int = 0) -> dict:
@@ -125,16 +132,31 @@ def generator_config(model: dict, channels: int, resolution: int, num_classes: i
 
 
 def build_generator(config: dict) -> nn.Module:
-    if config["arch"] != "dcgan":
-        raise ValueError(f"unknown generator arch {config['arch']!r} (allowed: dcgan)")
-    return DCGANGenerator(config["z_dim"], config["channels"], config["resolution"], config["g_channels"],
-                          config.get("num_classes", 0))
+    """The generator of `config`, freshly initialised (DCGAN: N(0, 0.02); resnet: Xavier)."""
+    arch, k = config["arch"], config.get("num_classes", 0)
+    if arch == "dcgan":
+        G = DCGANGenerator(config["z_dim"], config["channels"], config["resolution"], config["g_channels"], k)
+        G.apply(init_weights)
+        return G
+    if arch == "resnet":
+        from ganpipe.resnet import ResNetGenerator  # resnet imports this module
+
+        return ResNetGenerator(config["z_dim"], config["channels"], config["resolution"], config["g_channels"], k)
+    raise ValueError(f"unknown generator arch {arch!r} (allowed: {', '.join(ARCHS)})")
 
 
-def build_discriminator(arch: str, channels: int, resolution: int, width: int, num_classes: int = 0) -> nn.Module:
-    if arch != "dcgan":
-        raise ValueError(f"unknown discriminator arch {arch!r} (allowed: dcgan)")
-    return DCGANDiscriminator(channels, resolution, width, num_classes)
+def build_discriminator(arch: str, channels: int, resolution: int, width: int, num_classes: int = 0,
+                        norm: str = "batch") -> nn.Module:
+    """The discriminator; `norm` ("batch" | "layer") applies to dcgan (resnet uses spectral norm only)."""
+    if arch == "dcgan":
+        D = DCGANDiscriminator(channels, resolution, width, num_classes, norm)
+        D.apply(init_weights)
+        return D
+    if arch == "resnet":
+        from ganpipe.resnet import ResNetDiscriminator
+
+        return ResNetDiscriminator(channels, resolution, width, num_classes)
+    raise ValueError(f"unknown discriminator arch {arch!r} (allowed: {', '.join(ARCHS)})")
 
 
 def latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:

@@ -56,15 +56,18 @@ class DataParams(_Section):
 
 
 class ModelParams(_Section):
-    arch: Literal["dcgan"]
+    arch: Literal["dcgan", "resnet"] = Field(description="dcgan (Radford et al.) | resnet (SNGAN, spectral norm)")
     z_dim: int = Field(ge=1, le=4096)
     g_channels: int = Field(ge=1, le=2048)
     d_channels: int = Field(ge=1, le=2048)
-    conditional: bool = Field(description="class-conditional G and projection D; needs a labelled dataset")
+    conditional: bool = Field(description="class-conditional G (conditional BN) and D; needs labels")
 
 
 class TrainParams(_Section):
-    loss: Literal["nonsaturating"]
+    loss: Literal["nonsaturating", "wgan-gp", "hinge", "lsgan"]
+    d_steps: int = Field(ge=1, le=100, description="D (critic) updates per G update; WGAN-GP uses 5")
+    gp_lambda: float = Field(ge=0, description="wgan-gp: weight of the gradient penalty")
+    r1_gamma: float = Field(ge=0, description="R1 penalty on real images (Mescheder et al. 2018); 0 = off")
     batch_size: int = Field(ge=1, le=65536)
     total_kimg: float = Field(gt=0)
     snapshot_kimg: float = Field(gt=0)
@@ -72,8 +75,23 @@ class TrainParams(_Section):
     beta1: float = Field(ge=0, lt=1)
     beta2: float = Field(ge=0, lt=1)
     ema_kimg: float = Field(ge=0, description="half-life of the EMA generator in kimg; 0 disables")
+    ema_rampup: float | None = Field(ge=0, description="EMA half-life <= this x kimg seen (StyleGAN2-ADA); null = off")
+    augment: Literal["auto", "on", "off"] = Field(description="DiffAugment; auto = on under 10k train images")
+    augment_policy: list[Literal["color", "translation", "cutout"]] = Field(min_length=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(description="auto: bf16 on CUDA, fp32 on CPU")
+    compile: bool = Field(description="torch.compile G and D (CUDA)")
     log_every_steps: int = Field(ge=1)
     grid_size: int = Field(ge=1, le=256)
+    snapshot_kid_images: int = Field(ge=16, le=50000, description="quick KID and diversity sample per snapshot")
+    snapshot_extractor: Literal["inception", "tiny"]
+    keep_snapshots: int = Field(ge=1, le=1000, description="resumable checkpoints kept")
+    max_rollbacks: int = Field(ge=0, le=100)
+    max_grad_norm: float | None = Field(gt=0, description="a larger gradient norm counts as divergence")
+    collapse_threshold: float = Field(ge=0, le=1, description="diversity of fakes / of reals that counts as collapse")
+    collapse_patience: int = Field(ge=1, description="snapshots in a row under the threshold")
+    collapse_after_kimg: float = Field(ge=0, description="the alarm counts snapshots from here on (G starts "
+                                                         "as a near-constant map)")
+    collapse_action: Literal["stop", "warn"]
 
 
 class EvalParams(_Section):

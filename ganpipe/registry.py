@@ -44,7 +44,7 @@ from ganpipe.refstats import load_ref_stats
 
 PACKAGE_DIR = Path(ganpipe.__file__).parent
 ENTRY = PACKAGE_DIR / "pyfunc_entry.py"
-SHIPPED_MODULES = ("__init__.py", "models.py", "serving.py", "images.py", "io.py")  # what it needs anywhere
+SHIPPED_MODULES = ("__init__.py", "models.py", "resnet.py", "serving.py", "images.py", "io.py")  # what it needs anywhere
 ARTIFACT_NAME = "generator"
 CHALLENGER = "challenger"  # the latest version that did not pass the gate
 HISTORY_PREFIX = "alias_move."

@@ -35,7 +35,7 @@ def test_stage_graph_matches_the_code_layout():
             if dep == "${data.path}":  # the user's images (DVC interpolates params.yaml)
                 continue
             assert dep in outs or (REPO / dep).is_file(), f"{name}: dependency {dep} is neither code nor an output"
-    assert stages["train"]["params"] == list(train_stage.SECTIONS)
+    assert stages["train"]["params"] == list(train_stage.PARAMS)
     assert "${data.path}" in stages["prepare"]["deps"]
 
 

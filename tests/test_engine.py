@@ -1,0 +1,146 @@
+"""The training step: every architecture x loss, penalties, DiffAugment, EMA ramp-up, precision."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ganpipe import losses
+from ganpipe.augment import diff_augment, enabled
+from ganpipe.engine import Engine, autocast_dtype, discriminator_norm
+from ganpipe.models import generator_config
+from ganpipe.params import parse_params
+from ganpipe.resnet import levels
+from tests.conftest import tiny_params_dict
+
+
+def _engine(arch: str, loss: str, num_classes: int = 0, **train) -> Engine:
+    d_steps = 2 if loss == "wgan-gp" else 1
+    p = parse_params(tiny_params_dict(model={"arch": arch, "g_channels": 8, "d_channels": 8},
+                                      train={"loss": loss, "d_steps": d_steps, **train}))
+    config = generator_config(p.model.model_dump(), 3, 32, num_classes)
+    torch.manual_seed(0)
+    return Engine(config, arch, p.model.d_channels, p.train, torch.device("cpu"), augment=True)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+@pytest.mark.parametrize("loss", ["nonsaturating", "wgan-gp", "hinge", "lsgan"])
+def test_each_architecture_and_loss_trains_with_finite_losses(arch, loss):
+    e = _engine(arch, loss, r1_gamma=1.0 if loss == "hinge" else 0.0)
+    before = {k: v.clone() for k, v in e.G.state_dict().items()}
+    d_before = {k: v.clone() for k, v in e.D.state_dict().items()}
+    for step in range(3):
+        real = torch.rand(8, 3, 32, 32) * 2 - 1
+        out = e.step([(real, None)] * e.tp.d_steps)
+        e.update_ema((step + 1) * 8, 8)
+        assert out.shape == (2,) and torch.isfinite(out).all(), out
+    assert not e.bad.item()
+    assert any(not torch.equal(before[k], v) for k, v in e.G.state_dict().items() if k.endswith("weight"))
+    assert any(not torch.equal(d_before[k], v) for k, v in e.D.state_dict().items() if "weight" in k)
+    z = torch.randn(4, e.G.z_dim)
+    assert e.G_ema(z).shape == (4, 3, 32, 32)
+
+
+def test_wgan_gp_critic_has_no_batch_norm_and_the_penalty_is_zero_for_a_unit_gradient():
+    assert discriminator_norm("dcgan", "wgan-gp") == "layer" and discriminator_norm("dcgan", "hinge") == "batch"
+    e = _engine("dcgan", "wgan-gp")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in e.D.modules())
+    w = torch.randn(3 * 8 * 8)
+    w = w / w.norm()                      # a linear critic with a unit-norm weight: ||grad_x D|| = 1 everywhere
+
+    def D(x, c):
+        return x.flatten(1) @ w
+
+    real, fake = torch.randn(5, 3, 8, 8), torch.randn(5, 3, 8, 8)
+    assert losses.gradient_penalty(D, real, fake, None).item() == pytest.approx(0.0, abs=1e-10)
+    assert losses.gradient_penalty(lambda x, c: 3 * D(x, c), real, fake, None).item() == pytest.approx(4.0)
+
+
+def test_r1_penalty_is_half_the_squared_input_gradient():
+    x = torch.randn(4, 1, 2, 2, requires_grad=True)
+    logits = (2 * x).flatten(1).sum(1)   # gradient 2 at each of 4 pixels: ||g||^2 = 16
+    assert losses.r1_penalty(logits, x).item() == pytest.approx(8.0)
+
+
+def test_losses_reward_the_discriminator_for_telling_real_from_fake():
+    for kind in losses.LOSSES:
+        # lsgan regresses to targets 1 (real) / 0 (fake); the others read logits
+        right, wrong, unsure = ((1.0, 0.0), (0.0, 1.0), 0.5) if kind == "lsgan" else ((5.0, -5.0), (-5.0, 5.0), 0.0)
+        full = lambda v: torch.full((8,), v)  # noqa: E731
+        confident, confused = losses.d_loss(kind, full(right[0]), full(right[1])), losses.d_loss(kind, full(unsure), full(unsure))
+        assert confident < confused < losses.d_loss(kind, full(wrong[0]), full(wrong[1])), kind
+        # G gains when D takes its fakes for real
+        assert losses.g_loss(kind, full(right[0])) < losses.g_loss(kind, full(right[1])), kind
+    with pytest.raises(ValueError, match="allowed: nonsaturating, wgan-gp, hinge, lsgan"):
+        losses.d_loss("wasserstein", torch.zeros(2), torch.zeros(2))
+
+
+def test_resnet_covers_32_to_256_pixels_and_refuses_others():
+    assert [levels(r) for r in (32, 64, 128, 256)] == [3, 4, 5, 6]
+    for bad in (16, 48, 512):
+        with pytest.raises(ValueError, match="32..256"):
+            levels(bad)
+
+
+def test_resnet_projection_discriminator_uses_the_class():
+    e = _engine("resnet", "hinge", num_classes=3)
+    x = torch.randn(6, 3, 32, 32)
+    a, b = e.D(x, torch.zeros(6, dtype=torch.long)), e.D(x, torch.full((6,), 2, dtype=torch.long))
+    assert not torch.allclose(a, b)  # the projection term depends on c
+    with pytest.raises(ValueError, match="one class per image"):
+        e.D(x)
+
+
+def test_diffaugment_is_random_differentiable_and_keeps_shape():
+    x = torch.rand(16, 3, 16, 16, requires_grad=True)
+    torch.manual_seed(0)
+    a = diff_augment(x, ["color", "translation", "cutout"])
+    torch.manual_seed(0)
+    b = diff_augment(x, ["color", "translation", "cutout"])
+    torch.manual_seed(1)
+    c = diff_augment(x, ["color", "translation", "cutout"])
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    ones = torch.ones(64, 1, 16, 16)
+    cut = diff_augment(ones, ["cutout"])
+    zero_share = (cut == 0).float().mean(dim=(1, 2, 3))
+    assert zero_share.max() <= 0.25 + 1e-6 and zero_share.mean() > 0.1  # an 8x8 hole, clipped at the edges
+    moved = diff_augment(ones, ["translation"])
+    border = (moved == 0).float().mean(dim=(1, 2, 3))
+    assert border.max() <= 1 - (14 / 16) ** 2 + 1e-6  # shifts of at most 2 of 16 pixels, zero-filled
+    assert enabled("auto", 9_999) and not enabled("auto", 10_000) and enabled("on", 10**6) and not enabled("off", 1)
+
+
+def test_ema_half_life_ramps_up_with_images_seen():
+    e = _engine("dcgan", "nonsaturating", ema_kimg=1.0, ema_rampup=0.05)
+    with torch.no_grad():
+        for p in e.G.parameters():
+            p.add_(1.0)
+    p0 = next(e.G_ema.parameters()).clone()
+    e.update_ema(nimg=200, batch_size=8)    # half-life min(1000, 0.05 * 200 = 10) images
+    moved_early = (next(e.G_ema.parameters()) - p0).abs().mean()
+    target = (next(e.G.parameters()).detach() - p0).abs().mean()
+    assert (moved_early / target).item() == pytest.approx(1 - 0.5 ** (8 / 10), rel=1e-4)
+    e2 = _engine("dcgan", "nonsaturating", ema_kimg=1.0, ema_rampup=None)
+    with torch.no_grad():
+        for p in e2.G.parameters():
+            p.add_(1.0)
+    q0 = next(e2.G_ema.parameters()).clone()
+    e2.update_ema(nimg=200, batch_size=8)
+    moved = (next(e2.G_ema.parameters()) - q0).abs().mean() / (next(e2.G.parameters()).detach() - q0).abs().mean()
+    assert moved.item() == pytest.approx(1 - 0.5 ** (8 / 1000), rel=1e-4)
+
+
+def test_precision_follows_the_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", cuda) == torch.bfloat16
+    assert autocast_dtype("fp16", cpu) == torch.float16 and autocast_dtype("fp32", cuda) is None
+
+
+def test_bf16_autocast_step_runs_on_cpu():
+    e = _engine("dcgan", "hinge", precision="bf16")
+    out = e.step([(torch.rand(8, 3, 32, 32) * 2 - 1, None)])
+    assert torch.isfinite(out).all() and not math.isnan(out[0].item())
