@@ -135,9 +135,10 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
 
     rank0 = world.main
     probe = None
-    if rank0:
-        extractor = build_extractor(params.eval.model_copy(update={"extractor": tp.snapshot_extractor}), device)
-        probe = Probe.build(extractor, images, tp.snapshot_kid_images, base.seed)
+    if rank0:  # building a network draws from torch's RNG: fork it, so measuring never changes training
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            extractor = build_extractor(params.eval.model_copy(update={"extractor": tp.snapshot_extractor}), device)
+            probe = Probe.build(extractor, images, tp.snapshot_kid_images, base.seed)
     grid_seeds = list(range(GRID_SEED0, GRID_SEED0 + tp.grid_size))
     total_img = int(round(tp.total_kimg * 1000))
     snapshot_img = int(round(tp.snapshot_kimg * 1000))

@@ -29,14 +29,16 @@ def trained(tmp_path, tiny):
 def test_training_writes_a_loadable_checkpoint(trained, tiny):
     lay, info = trained
     ckpt = load_checkpoint(lay.checkpoint_path)  # weights_only=True inside
-    assert {"G", "D", "G_ema", "opt_G", "opt_D", "nimg", "generator_config", "params"} <= ckpt.keys()
-    assert ckpt["nimg"] >= tiny.train.total_kimg * 1000
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "nimg", "generator_config", "params", "rng", "shuffle_rng",
+            "mlflow_run_id", "scaler", "augment"} <= ckpt.keys()
+    last = load_checkpoint(lay.models_dir / "last.pt")
+    assert last["nimg"] >= tiny.train.total_kimg * 1000 >= ckpt["nimg"] == info["best_kimg"] * 1000
     G, config = load_generator(lay.checkpoint_path)
     x = sample(G, [0, 1, 2])
     assert x.shape == (3, config["channels"], config["resolution"], config["resolution"])
     # EMA generator differs from the raw one (it averages), and training moved the weights
     assert any(not torch.equal(ckpt["G"][k], ckpt["G_ema"][k]) for k in ckpt["G"] if k.endswith("weight"))
-    assert info["kimg"] == ckpt["nimg"] / 1000
+    assert info["kimg"] == last["nimg"] / 1000
 
 
 def test_snapshots_log_lines_and_grids(trained, tiny):
@@ -44,7 +46,11 @@ def test_snapshots_log_lines_and_grids(trained, tiny):
     lines = [json.loads(s) for s in (lay.models_dir / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 2  # 0.256 kimg with a snapshot every 0.128 kimg
     assert [round(x["kimg"], 3) for x in lines] == [0.128, 0.256]
-    assert all("loss_G" in x and "loss_D" in x for x in lines)
+    assert all({"loss_G", "loss_D", "quick_kid", "diversity", "duplicate_rate"} <= x.keys() for x in lines)
+    best = min(lines, key=lambda x: x["quick_kid"])  # the stage outputs the snapshot with the best quick KID
+    assert info["best_kimg"] == best["kimg"] and info["best_quick_kid"] == best["quick_kid"]
+    assert load_checkpoint(lay.checkpoint_path)["nimg"] == round(best["kimg"] * 1000)
+    assert not (lay.root / "models.partial").exists()
     assert (lay.models_dir / "samples.png").stat().st_size > 0
 
 
@@ -86,25 +92,25 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny):
     assert resolve_device("auto").type in ("cpu", "cuda")
 
 
-def _halves_dataset(d, n: int = 256, num_classes: int = 2) -> None:
+def _halves_dataset(d, n: int = 256, num_classes: int = 2, size: int = 16) -> None:
     """A labelled toy set: class 0 bright on the left half, class 1 bright on the right half."""
     from ganpipe.io import write_json
     from ganpipe.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     y = np.arange(n) % 2
-    x = np.zeros((n, 1, 16, 16), np.int64)
-    x[y == 0, :, :, :8] = 255
-    x[y == 1, :, :, 8:] = 255
+    x = np.zeros((n, 1, size, size), np.int64)
+    x[y == 0, :, :, :size // 2] = 255
+    x[y == 1, :, :, size // 2:] = 255
     x = np.clip(x + rng.integers(-20, 20, x.shape), 0, 255).astype(np.uint8)
     d.mkdir(parents=True)
     shards = {}
     for split in ("train", "test"):
-        w = ShardWriter(d, split, 1000, (1, 16, 16))
+        w = ShardWriter(d, split, 1000, (1, size, size))
         for img, label in zip(x, y if num_classes > 1 else 0 * y):
             w.add(img, label)
         shards[split] = w.close()
-    write_json(d / "manifest.json", {"source": "halves", "resolution": 16, "channels": 1, "num_classes": num_classes,
+    write_json(d / "manifest.json", {"source": "halves", "resolution": size, "channels": 1, "num_classes": num_classes,
                                      "class_names": ["left", "right"][:num_classes], "sha256": "0" * 64,
                                      "shards": shards, "skipped": {"count": 0, "by_reason": {}, "items": []},
                                      "counts": {s: {"images": n} for s in shards}})
@@ -117,7 +123,7 @@ def test_conditional_generator_draws_the_requested_class(tmp_path):
     lay = layout(tmp_path)
     _halves_dataset(lay.prepared_dir)
     p = parse_params(tiny_params_dict(model={"g_channels": 16, "d_channels": 16, "conditional": True},
-                                      train={"total_kimg": 16.0, "snapshot_kimg": 16.0, "lr": 0.0005, "ema_kimg": 0.1}))
+                                      train={"total_kimg": 24.0, "snapshot_kimg": 24.0, "lr": 0.0005, "ema_kimg": 0.1}))
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
     G, config = load_generator(lay.checkpoint_path)
     assert config["num_classes"] == 2 and config["class_names"] == ["left", "right"]
@@ -128,6 +134,24 @@ def test_conditional_generator_draws_the_requested_class(tmp_path):
     assert right[..., 8:].mean() - right[..., :8].mean() > 100
     with pytest.raises(ValueError, match="classes 0..1"):
         sample(G, seeds, class_=2)
+
+
+def test_conditional_resnet_with_projection_discriminator_draws_the_requested_class(tmp_path):
+    from tests.conftest import tiny_params_dict
+    from ganpipe.params import parse_params
+
+    lay = layout(tmp_path)
+    _halves_dataset(lay.prepared_dir, size=32)
+    p = parse_params(tiny_params_dict(data={"resolution": 32},
+                                      model={"arch": "resnet", "g_channels": 8, "d_channels": 8, "conditional": True},
+                                      train={"loss": "hinge", "total_kimg": 12.0, "snapshot_kimg": 12.0, "lr": 0.0005,
+                                             "beta1": 0.0, "beta2": 0.9, "ema_kimg": 0.1}))
+    train(p, lay.prepared_dir, lay.models_dir, lay.root)
+    G, config = load_generator(lay.checkpoint_path)
+    assert config["arch"] == "resnet" and config["num_classes"] == 2
+    left, right = (sample(G, list(range(32)), class_=k).float() for k in (0, 1))
+    assert left[..., :16].mean() - left[..., 16:].mean() > 100
+    assert right[..., 16:].mean() - right[..., :16].mean() > 100
 
 
 def test_conditional_model_needs_labels(tmp_path):
