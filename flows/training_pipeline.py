@@ -5,13 +5,19 @@ exactly the `dvc.lock` that `dvc repro` leaves. After `prepare`, the prepared da
 remote (`dvc pull` restores it elsewhere). When DVC reports nothing stale, the run ends at once as
 "Skipped" (a nightly run on unchanged data costs seconds); `force=True` retrains anyway. Each run
 publishes its summary as a Prefect artifact and as the MLflow run's description.
-Prefect owns time and failure; DVC owns lineage.
+
+Failure: the training task holds a global concurrency slot per host and device (one training at a time
+there); when its process dies (an OOM kill, a preemption) the abandoned MLflow run is marked FAILED and
+the task is retried `schedule.train_retries` times, each retry resuming from the newest snapshot. DVC
+push and registration retry with exponential backoff. A failed or crashed flow run is logged and
+POSTed to `schedule.webhook_url` when set. Prefect owns time and failure; DVC owns lineage.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +25,20 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import task_run
 from prefect.states import Completed
+from prefect.tasks import exponential_backoff
 
 from ganpipe import tracking
+from ganpipe.device import resolve_device
 from ganpipe.errors import GanpipeError
 from ganpipe.io import read_json
+from ganpipe.notify import failure_notice
 from ganpipe.params import load_params
 from ganpipe.paths import layout
 from ganpipe.report import registration_markdown, skipped_markdown
+from ganpipe.snapshots import RESUME_ENV, abandoned_run_id, work_dir_of
 from ganpipe.versioning import push
 
 STAGES = ("prepare", "ref-stats", "train", "evaluate", "register")
@@ -55,17 +67,66 @@ def stale_stages(project_dir: str) -> list[str]:
     return [s for s in STAGES if s in status]
 
 
-# DVC owns skipping of unchanged stages; Prefect must not cache on top of it.
-@task(name="dvc-repro", cache_policy=NO_CACHE, task_run_name="{stage}")
-def reproduce(stage: str, project_dir: str, force: bool = False) -> None:
-    """Reproduce one DVC stage (a no-op when its deps, params and outs are unchanged, unless forced)."""
+def _repro(stage: str, project_dir: str, force: bool, env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
-    rc = subprocess.run(cmd, cwd=project_dir, env=_env()).returncode
+    rc = subprocess.run(cmd, cwd=project_dir, env=env or _env()).returncode
     if rc != 0:
         raise StageFailed(f"stage {stage!r} failed (`dvc repro --single-item {stage}` exited {rc})")
 
 
-@task(name="dvc-push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+# DVC owns skipping of unchanged stages; Prefect must not cache on top of it.
+@task(name="dvc-repro", cache_policy=NO_CACHE, task_run_name="{stage}")
+def reproduce(stage: str, project_dir: str, force: bool = False) -> None:
+    """Reproduce one DVC stage (a no-op when its deps, params and outs are unchanged, unless forced)."""
+    _repro(stage, project_dir, force)
+
+
+def training_slot_name(device: str) -> str:
+    """The global concurrency limit that lets one training at a time use this host's device."""
+    return f"ganpipe-train-{socket.gethostname()}-{resolve_device(device)}".replace(":", "-")
+
+
+def ensure_limit(name: str, slots: int = 1) -> None:
+    """Create the global concurrency limit when missing (an existing one, a team's choice, is kept)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_stage(project_dir: str, force: bool, slot: str) -> None:
+    """`dvc repro --single-item train` holding the device's training slot. A retry (after the training
+    process died) resumes from the newest snapshot in the same MLflow run; the dead attempt's MLflow run
+    is marked FAILED first, so a crash never leaves it "running"."""
+    resume = task_run.run_count > 1
+    env = {**_env(), **({RESUME_ENV: "1"} if resume else {})}
+    if resume:
+        print("retry: training resumes from its newest snapshot")
+    with concurrency(slot, occupy=1, strict=True):
+        try:
+            _repro("train", project_dir, force, env)
+        except StageFailed as exc:
+            run_id = abandoned_run_id(work_dir_of(layout(project_dir).models_dir))
+            if run_id:
+                tracking.configure(project_dir)
+                tracking.fail_run_if_running(run_id, f"{exc}; the process died or was killed")
+            raise
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_stage(project_dir: str, force: bool) -> None:
+    """The registration stage (the gate, then the alias move); retried with backoff when the registry
+    is unreachable (the stage takes the registry lock, so a retry cannot register twice at once)."""
+    _repro("register", project_dir, force)
+
+
+@task(name="dvc-push", cache_policy=NO_CACHE)
 def push_data(project_dir: str) -> str:
     """Push the prepared data to the project's default DVC remote, so `dvc pull` restores it elsewhere."""
     remote = push(project_dir, ["prepare"])
@@ -73,7 +134,7 @@ def push_data(project_dir: str) -> str:
     return remote
 
 
-@task(name="report", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="report", cache_policy=NO_CACHE)
 def publish(markdown: str, run_id: str, project_dir: str) -> None:
     """The summary as a Prefect artifact and as the MLflow run's description."""
     create_markdown_artifact(markdown=markdown, key="training-pipeline", description="candidate vs champion")
@@ -82,29 +143,49 @@ def publish(markdown: str, run_id: str, project_dir: str) -> None:
         tracking.describe_run(run_id, markdown)
 
 
-@flow(name="training-pipeline", log_prints=True)
+def _notify(flow, flow_run, state) -> None:
+    """on_failure / on_crashed hook: a log line always, the webhook when configured."""
+    failure_notice(flow.name, flow_run.name, str(flow_run.id), state.name, state.message or "",
+                   flow_run.parameters.get("project_dir"))
+
+
+def _backoff(retries: int) -> dict:
+    return {"retries": retries, "retry_delay_seconds": exponential_backoff(backoff_factor=5) if retries else 0,
+            "retry_jitter_factor": 0.2 if retries else None}
+
+
+@flow(name="training-pipeline", log_prints=True, on_failure=[_notify], on_crashed=[_notify])
 def training_pipeline(project_dir: str = ".", force: bool = False):
     """Prepare, compute reference stats, train, evaluate, register; returns the registration result
     (with "skipped": True and the standing champion when nothing changed and not `force`)."""
     lay = layout(project_dir)
     params = load_params(lay.params_path)  # fail fast, before any stage runs, on a bad params.yaml
+    sp = params.schedule
+    io = _backoff(sp.io_retries)
     root = str(lay.root)
     if not stale_stages(root) and not force:
         previous = read_json(lay.registration_path, "the register stage")
         reason = "nothing changed"
         markdown = skipped_markdown(reason, previous)
         run_id = tracking.log_skipped_run(root, params.base.experiment, reason, markdown)
-        publish(markdown, "", root)
+        publish.with_options(**io)(markdown, "", root)
         print(f"skipped: {reason} since dvc.lock; champion stays v{previous['champion']} (MLflow run {run_id})")
         return Completed(message=f"skipped: {reason}", name="Skipped",
                          data={**previous, "skipped": True, "promoted": False, "reason": reason})
+    slot = training_slot_name(params.base.device)
+    ensure_limit(slot)
     for stage in STAGES:
-        reproduce(stage, root, force and stage in FORCED)
+        if stage == "train":
+            train_stage.with_options(retries=sp.train_retries, retry_delay_seconds=5)(root, force, slot)
+        elif stage == "register":
+            register_stage.with_options(**io)(root, force)
+        else:
+            reproduce(stage, root, force and stage in FORCED)
         if stage == "prepare":
-            push_data(root)
+            push_data.with_options(**io)(root)
     result = read_json(lay.registration_path, "the register stage")
     run_id = read_json(lay.run_info_path, "the train stage")["mlflow_run_id"]
-    publish(registration_markdown(result, run_id, tracking.tracking_uri(root)), run_id, root)
+    publish.with_options(**io)(registration_markdown(result, run_id, tracking.tracking_uri(root)), run_id, root)
     state = "it is the new champion" if result["promoted"] else f"champion stays v{result['champion']}"
     print(f"registered {result['model_name']} v{result['version']}: {state} ({result['reason']})")
     for c in result.get("checks", []):

@@ -47,10 +47,8 @@ def cmd_ref_stats(args) -> None:
           f"(weights {ref.key['weights_sha256'][:12]}){' from the cache' if ref.from_cache else ''}")
 
 
-RESUME_ENV = "GANPIPE_TRAIN_RESUME"  # "1": `ganpipe train` resumes (how a Prefect retry asks it through dvc)
-
-
 def cmd_train(args) -> None:
+    from ganpipe.snapshots import RESUME_ENV
     from ganpipe.train import train
 
     resume = args.resume or os.environ.get(RESUME_ENV) == "1"
@@ -230,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "train for several processes")
     t.add_argument("--resume", action="store_true",
                    help="continue from the newest snapshot in models.partial/ and its MLflow run "
-                        f"(also when ${RESUME_ENV}=1)")
+                        "(also when $GANPIPE_TRAIN_RESUME=1)")
     t.add_argument("--force", action="store_true", help="with --resume: resume even though params changed")
     t.set_defaults(fn=cmd_train)
     r = sub.add_parser("run", help="run the whole pipeline through the Prefect flow (skips when nothing changed)")

@@ -171,6 +171,9 @@ class ScheduleParams(_Section):
     deployment: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     cron: str = Field(pattern=r"^\S+( \S+){4}$", description="five-field cron, e.g. '0 2 * * *'")
     timezone: str = Field(min_length=1, description="IANA time zone of the cron, e.g. UTC or Europe/Berlin")
+    train_retries: int = Field(ge=0, le=20, description="retries of a crashed training task (each resumes)")
+    io_retries: int = Field(ge=0, le=20, description="retries of DVC push and registry calls, backing off")
+    webhook_url: str | None = Field(pattern=r"^https?://\S+$", description="POSTed a JSON note when a run fails")
 
     @field_validator("timezone")
     @classmethod

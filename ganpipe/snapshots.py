@@ -17,6 +17,7 @@ from ganpipe.checkpoint import load_checkpoint, save_checkpoint
 from ganpipe.io import atomic_path
 
 _NAME = re.compile(r"^snapshot-(\d{12})\.pt$")
+RESUME_ENV = "GANPIPE_TRAIN_RESUME"  # "1": `ganpipe train` resumes (how a Prefect retry asks it through dvc)
 
 
 def work_dir_of(out_dir: str | Path) -> Path:
@@ -71,3 +72,14 @@ class Snapshots:
 
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def abandoned_run_id(work_dir: str | Path) -> str | None:
+    """The MLflow run id of the newest snapshot a training left behind (None when there is none)."""
+    latest = Snapshots(work_dir, 1).latest()
+    if latest is None:
+        return None
+    try:
+        return load_checkpoint(latest).get("mlflow_run_id") or None
+    except Exception:  # a snapshot cut short is not worth a second failure
+        return None

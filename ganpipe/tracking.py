@@ -27,6 +27,9 @@ def quiet_telemetry() -> None:
 
 
 def tracking_uri(root: str | Path) -> str:
+    """$MLFLOW_TRACKING_URI, else the project's `mlflow.db`. On SQLite, MLflow 3 opens every session with
+    `PRAGMA busy_timeout = 20000`: a writer waits up to 20 s for another instead of failing with
+    "database is locked" (tests/test_tracking.py holds the lock longer than sqlite3's 5 s default)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
@@ -132,3 +135,18 @@ def log_skipped_run(root: str | Path, experiment: str, reason: str, markdown: st
     with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name="skipped: nothing changed") as run:
         mlflow.set_tags({"ganpipe.stage": "pipeline", "ganpipe.skipped": reason, "mlflow.note.content": markdown})
     return run.info.run_id
+
+
+def fail_run_if_running(run_id: str, message: str) -> bool:
+    """Mark a run that its process left RUNNING (killed, out of memory) as FAILED, with the reason as
+    tag `ganpipe.failure`; True when it did. A resumed training reopens the same run."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    if run.info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "ganpipe.failure", message[:5000])
+    client.set_terminated(run_id, status="FAILED")
+    return True

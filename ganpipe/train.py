@@ -296,6 +296,10 @@ def _start_run(params: Params, manifest: dict, saved: dict | None, diff: list[st
         else:
             run = mlflow.start_run(run_id=saved["mlflow_run_id"])
             mlflow.set_tag("ganpipe.resumed_at_kimg", f"{saved['nimg'] / 1000:g}")
+            failure = run.data.tags.get("ganpipe.failure") if run.data else None
+            if failure:  # what the orchestrator noted when the process died: history, no longer the state
+                mlflow.set_tag("ganpipe.interrupted", failure)
+                mlflow.tracking.MlflowClient().delete_tag(run.info.run_id, "ganpipe.failure")
             if diff:
                 mlflow.set_tag("ganpipe.resumed_with_changes", "; ".join(diff)[:5000])
             return run

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -31,6 +32,9 @@ def test_bad_cron_and_time_zone_are_config_errors():
 
 def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project, prefect_harness):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
@@ -51,6 +55,21 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
             (sched,) = deployment.schedules
             assert sched.schedule.cron == "0 2 * * *" and sched.schedule.timezone == "UTC" and sched.active
             assert deployment.parameters == {"project_dir": str(project.resolve())}
+            # what the server's scheduler does: materialise the next runs; the first is the next 02:00 UTC
+            client.request("POST", f"/deployments/{deployment.id}/schedule", json={"max_runs": 3})
+            now = datetime.now(timezone.utc)
+            expected = now.replace(hour=2, minute=0, second=0, microsecond=0)
+            if expected <= now:
+                expected += timedelta(days=1)
+            scheduled = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+            assert scheduled and scheduled[0].expected_start_time == expected
+            assert [r.expected_start_time - expected for r in scheduled[:3]] == [timedelta(days=d) for d in range(3)]
+            client.delete_flow_run(scheduled[0].id)  # keep the served process to the run triggered below
+            for r in scheduled[1:]:
+                client.delete_flow_run(r.id)
 
             run = run_deployment("training-pipeline/nightly", timeout=600)  # picked up by the served process
             assert run.state.is_completed(), run.state

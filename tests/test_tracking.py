@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
 
 from ganpipe import tracking
 
@@ -24,6 +28,32 @@ def test_user_override_wins_and_survives_configure(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert tracking.configure(tmp_path / "project") == uri
     assert os.environ["MLFLOW_TRACKING_URI"] == uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def _lock_sqlite(db, seconds: float) -> subprocess.Popen:
+    """Another process holding SQLite's write lock on `db` for `seconds` (a concurrent run's commit)."""
+    code = ("import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\n"
+            f"time.sleep({seconds})\nc.execute('ROLLBACK')\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_writer_waits_for_a_locked_sqlite_store_instead_of_failing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure(tmp_path)
+    exp = tracking.experiment_id("demo", tmp_path)
+    holder = _lock_sqlite(tmp_path / "mlflow.db", 7.0)  # a concurrent commit, longer than sqlite3's 5 s default
+    try:
+        run = MlflowClient().create_run(exp)  # waits for the lock (busy timeout), then writes
+        assert holder.poll() is not None  # it did wait: the holder was done first
+        assert MlflowClient().get_run(run.info.run_id).info.status == "RUNNING"
+    finally:
+        holder.wait(timeout=60)
 
 
 def test_new_experiments_keep_artifacts_in_the_project(tmp_path, monkeypatch):

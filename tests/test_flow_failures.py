@@ -1,0 +1,151 @@
+"""Failure handling of the training-pipeline flow on a real Prefect server (the test harness): a killed
+training task is retried and resumes, one training per device, failure notices reach a webhook."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import make_project, mlflow_client, tiny_params_dict
+
+
+def _pids_running(cmdline: str, cwd: Path) -> list[int]:
+    """Processes whose command line contains `cmdline` and whose working directory is `cwd`."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if cmdline in args and Path(os.readlink(d / "cwd")) == cwd:
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.training_pipeline import training_pipeline
+    from ganpipe.checkpoint import load_checkpoint
+
+    raw = tiny_params_dict(train={"total_kimg": 32.0, "snapshot_kimg": 6.4, "collapse_after_kimg": 1000.0},
+                           schedule={"train_retries": 1})
+    project = make_project(tmp_path / "project", raw).resolve()
+    first = project / "models.partial" / "snapshot-000000006400.pt"
+    killed: dict = {}
+
+    def kill_training_once_it_has_a_snapshot() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if first.exists():
+                pids = _pids_running("ganpipe train", project)
+                if pids:
+                    killed["run_id"] = load_checkpoint(first)["mlflow_run_id"]
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
+                    killed["pids"] = pids
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_training_once_it_has_a_snapshot, daemon=True)
+    killer.start()
+    state = training_pipeline(project_dir=str(project), return_state=True)
+    killer.join(timeout=5)
+    assert killed.get("pids"), "the training process was never killed"
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["promoted"] and result["version"] == "1"
+
+    info = json.loads((project / "models" / "run.json").read_text())
+    assert info["resumed_from_kimg"] and info["resumed_from_kimg"] >= 6.4 and info["kimg"] >= 32
+    assert info["mlflow_run_id"] == killed["run_id"]  # the retry continued the killed attempt's run
+    run = mlflow_client(project).get_run(killed["run_id"])
+    assert run.info.status == "FINISHED"
+    assert "died or was killed" in run.data.tags["ganpipe.interrupted"]  # marked FAILED in between
+    assert "ganpipe.failure" not in run.data.tags
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    (train_run,) = [r for r in runs if r.name.startswith("train")]
+    assert train_run.run_count == 2 and train_run.state.is_completed()
+
+
+def test_one_training_at_a_time_per_device(prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from flows.training_pipeline import ensure_limit, training_slot_name
+
+    name = training_slot_name("cpu")
+    assert name.startswith("ganpipe-train-") and name.endswith("-cpu")
+    ensure_limit(name)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with concurrency(name, occupy=1, strict=True):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(60)
+    try:
+        with pytest.raises(TimeoutError):
+            with concurrency(name, occupy=1, timeout_seconds=3, strict=True):
+                pass  # a second training on the same device waits for the first
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    with concurrency(name, occupy=1, timeout_seconds=30, strict=True):
+        pass  # free again once the first ended
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(name, __import__(
+            "prefect.client.schemas.actions", fromlist=["x"]).GlobalConcurrencyLimitUpdate(limit=2))
+        ensure_limit(name)  # a limit the team set stays as they set it
+        assert client.read_global_concurrency_limit_by_name(name).limit == 2
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failed_run_posts_to_the_webhook(tmp_path, prefect_harness):
+    from flows.training_pipeline import training_pipeline
+
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        raw = tiny_params_dict(data={"min_images": 100000}, schedule={"webhook_url": url})  # prepare must fail
+        project = make_project(tmp_path / "project", raw)
+        state = training_pipeline(project_dir=str(project), return_state=True)
+        assert state.is_failed()
+        deadline = time.monotonic() + 30
+        while not _Hook.received and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+    (notice,) = _Hook.received
+    assert notice["flow"] == "training-pipeline" and notice["state"] == "Failed"
+    assert "stage 'prepare' failed" in notice["message"] and notice["text"].startswith("ganpipe: flow run")
+    assert notice["project_dir"] == str(project)
+    assert yaml.safe_load((project / "params.yaml").read_text())["schedule"]["webhook_url"] == url
