@@ -37,7 +37,7 @@ def engine_for(name: str, precision: str, compile_: bool, device: torch.device, 
         width, batch = 8, 8
     raw = shipped_params()
     raw["model"].update(arch=arch, g_channels=width, d_channels=width, z_dim=128)
-    raw["train"].update(loss=loss, batch_size=batch, precision=precision, compile=compile_, augment="off")
+    raw["train"].update(loss=loss, batch_size=batch, precision=precision, compile=compile_, augment=False)
     p = parse_params(raw)
     config = generator_config(p.model.model_dump(), 3, res)
     torch.manual_seed(0)

@@ -45,7 +45,7 @@ def bench_params(kimg: float, device: str) -> dict:
     raw["data"].update(resolution=32, channels=3)
     raw["model"].update(arch="dcgan", g_channels=64, d_channels=64, conditional=False)
     raw["train"].update(loss="nonsaturating", batch_size=64, total_kimg=kimg, snapshot_kimg=kimg / 2, d_steps=1,
-                        augment="off", r1_gamma=0.0, precision="fp32", compile=False,
+                        augment=False, r1_gamma=0.0, precision="fp32", compile=False,
                         snapshot_extractor="tiny", snapshot_kid_images=128)
     return raw
 

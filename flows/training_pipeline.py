@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import task_run
@@ -37,7 +37,7 @@ from ganpipe.io import read_json
 from ganpipe.notify import failure_notice
 from ganpipe.params import load_params
 from ganpipe.paths import layout
-from ganpipe.report import registration_markdown, skipped_markdown
+from ganpipe.report import png_data_uri, registration_markdown, skipped_markdown
 from ganpipe.snapshots import RESUME_ENV, abandoned_run_id, work_dir_of
 from ganpipe.versioning import push
 
@@ -143,6 +143,24 @@ def publish(markdown: str, run_id: str, project_dir: str) -> None:
         tracking.describe_run(run_id, markdown)
 
 
+@task(name="plots", cache_policy=NO_CACHE)
+def publish_plots(project_dir: str) -> str:
+    """The best snapshot's sample grid as an image artifact, and `dvc plots show` of the training curves
+    (quick KID, diversity, losses by kimg) as a link artifact; returns the plots page."""
+    lay = layout(project_dir)
+    create_image_artifact(image_url=png_data_uri(lay.models_dir / "samples.png"), key="samples",
+                          description="fixed-noise grid of the trained EMA generator (best snapshot)")
+    out = lay.root / "reports" / "plots"
+    proc = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", str(out)], cwd=project_dir,
+                          env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageFailed(f"`dvc plots show` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    page = (out / "index.html").as_uri()
+    create_link_artifact(link=page, link_text="training curves (dvc plots show)", key="training-curves",
+                         description="quick KID, diversity and losses by kimg; `dvc plots diff` compares runs")
+    return page
+
+
 def _notify(flow, flow_run, state) -> None:
     """on_failure / on_crashed hook: a log line always, the webhook when configured."""
     failure_notice(flow.name, flow_run.name, str(flow_run.id), state.name, state.message or "",
@@ -185,7 +203,9 @@ def training_pipeline(project_dir: str = ".", force: bool = False):
             push_data.with_options(**io)(root)
     result = read_json(lay.registration_path, "the register stage")
     run_id = read_json(lay.run_info_path, "the train stage")["mlflow_run_id"]
-    publish.with_options(**io)(registration_markdown(result, run_id, tracking.tracking_uri(root)), run_id, root)
+    page = publish_plots(root)
+    markdown = registration_markdown(result, run_id, tracking.tracking_uri(root))
+    publish.with_options(**io)(f"{markdown}\n\nTraining curves: [{page}]({page})", run_id, root)
     state = "it is the new champion" if result["promoted"] else f"champion stays v{result['champion']}"
     print(f"registered {result['model_name']} v{result['version']}: {state} ({result['reason']})")
     for c in result.get("checks", []):

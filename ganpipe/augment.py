@@ -16,9 +16,9 @@ POLICIES = ("color", "translation", "cutout")
 SMALL_DATASET = 10_000  # `train.augment: auto` switches DiffAugment on below this many train images
 
 
-def enabled(mode: str, num_train: int) -> bool:
-    """Whether `train.augment` (auto | on | off) applies DiffAugment to a train split of this size."""
-    return mode == "on" or (mode == "auto" and num_train < SMALL_DATASET)
+def enabled(mode: str | bool, num_train: int) -> bool:
+    """Whether `train.augment` (auto | true | false) applies DiffAugment to a train split of this size."""
+    return mode is True or (mode == "auto" and num_train < SMALL_DATASET)
 
 
 def _color(x: torch.Tensor) -> torch.Tensor:

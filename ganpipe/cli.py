@@ -162,6 +162,15 @@ def cmd_run(args) -> None:
           f"this run registered v{r['version']} ({'promoted' if r['promoted'] else 'not promoted'})")
 
 
+def cmd_sweep(args) -> None:
+    from flows.sweep import sweep
+
+    out = sweep(project_dir=str(args.layout.root))
+    w, reg = out["winner"], out["registration"]
+    state = "it is the new champion" if reg["promoted"] else f"champion stays v{reg['champion']}"
+    print(f"sweep: best {w['name']} {w['overrides']}; registered v{reg['version']}: {state}")
+
+
 def cmd_generate(args) -> None:
     from ganpipe import generate as gen
 
@@ -202,7 +211,11 @@ def cmd_server(args) -> None:
 def cmd_schedule(args) -> None:
     from ganpipe.schedule import serve_nightly
 
-    serve_nightly(_params(args).schedule, args.layout.root)
+    sp = _params(args).schedule
+    if args.print:  # prefect.yaml reads the schedule from params.yaml through this
+        print(getattr(sp, args.print))
+        return
+    serve_nightly(sp, args.layout.root)
 
 
 def cmd_ui(args) -> None:
@@ -234,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the whole pipeline through the Prefect flow (skips when nothing changed)")
     r.add_argument("--force", action="store_true", help="train, evaluate and register even if nothing changed")
     r.set_defaults(fn=cmd_run)
+    sub.add_parser("sweep", help="train the candidates of sweep: (dvc exp run each), register the best through "
+                   "the gate").set_defaults(fn=cmd_sweep)
     d = sub.add_parser("data", help="look at the prepared dataset").add_subparsers(dest="data_command",
                                                                                    required=True, metavar="ACTION")
     show = d.add_parser("show", help="print the manifest summary and write a contact sheet of samples per class")
@@ -284,8 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("server", help="start a local Prefect server (SQLite) on 127.0.0.1")
     sv.add_argument("--port", type=int, default=4200)
     sv.set_defaults(fn=cmd_server)
-    sub.add_parser("schedule", help="serve the nightly deployment (schedule.cron) to the Prefect server at "
-                   "PREFECT_API_URL").set_defaults(fn=cmd_schedule)
+    sc = sub.add_parser("schedule", help="serve the nightly deployment (schedule.cron) to the Prefect server at "
+                        "PREFECT_API_URL")
+    sc.add_argument("--print", choices=["deployment", "cron", "timezone"], default=None,
+                    help="print this schedule.* value and exit (prefect.yaml's build steps use it)")
+    sc.set_defaults(fn=cmd_schedule)
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(fn=cmd_ui)

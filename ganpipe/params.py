@@ -76,7 +76,8 @@ class TrainParams(_Section):
     beta2: float = Field(ge=0, lt=1)
     ema_kimg: float = Field(ge=0, description="half-life of the EMA generator in kimg; 0 disables")
     ema_rampup: float | None = Field(ge=0, description="EMA half-life <= this x kimg seen (StyleGAN2-ADA); null = off")
-    augment: Literal["auto", "on", "off"] = Field(description="DiffAugment; auto = on under 10k train images")
+    # booleans, not on/off: YAML 1.1 readers (PyYAML, DVC's -S) turn a bare on/off into true/false
+    augment: Literal["auto"] | bool = Field(description="DiffAugment: true | false | auto (on under 10k images)")
     augment_policy: list[Literal["color", "translation", "cutout"]] = Field(min_length=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(description="auto: bf16 on CUDA, fp32 on CPU")
     compile: bool = Field(description="torch.compile G and D (CUDA)")
@@ -187,6 +188,24 @@ class ScheduleParams(_Section):
         return v
 
 
+SweepValue = bool | int | float | str | None
+
+
+class SweepParams(_Section):
+    """`ganpipe sweep`: candidates trained through `dvc exp run`; the best goes through the gate."""
+
+    grid: dict[str, list[SweepValue]] = Field(description="params key -> values; every combination")
+    candidates: list[dict[str, SweepValue]] = Field(description="explicit override sets")
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_lists(cls, v: dict[str, list]) -> dict[str, list]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"{key!r} has no values")
+        return v
+
+
 class Params(_Section):
     base: BaseParams
     data: DataParams
@@ -196,6 +215,7 @@ class Params(_Section):
     registry: RegistryParams
     serve: ServeParams
     schedule: ScheduleParams
+    sweep: SweepParams
 
     def section_hash(self, *sections: str) -> str:
         """sha256 of the canonical JSON of the named sections (all when none are named)."""

@@ -6,6 +6,9 @@ user happens to open says what happened and why.
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 from ganpipe.metrics import higher_is_better
 
 ORDER = ("kid", "fid", "precision", "recall", "density", "coverage", "memorization", "is")
@@ -40,3 +43,22 @@ def registration_markdown(r: dict, run_id: str = "", tracking_uri: str = "") -> 
 def skipped_markdown(reason: str, registration: dict | None) -> str:
     champ = "" if not registration else f" {registration['model_name']}@{registration['alias']} stays v{registration['champion']}."
     return f"### skipped: {reason}\n\nDVC reports data, params and code unchanged since `dvc.lock`;{champ}\n"
+
+
+def sweep_markdown(results: list[dict], winner: dict, metric: str, registration: dict) -> str:
+    """Markdown for a sweep: every candidate with its overrides and scores, the winner, the gate's verdict."""
+    keys = [k for k in ORDER if any(k in r["scores"] for r in results)]
+    lines = [f"### sweep: {len(results)} candidates, best by {metric}: `{winner['name']}`", "",
+             "| experiment | overrides | " + " | ".join(keys) + " | MLflow run |",
+             "|---|---|" + "---:|" * len(keys) + "---|"]
+    for r in results:
+        mark = " (best)" if r is winner else ""
+        overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        scores = " | ".join(f"{r['scores'][k]:.4g}" if k in r["scores"] else "-" for k in keys)
+        lines.append(f"| {r['name']}{mark} | {overrides} | {scores} | {r['mlflow_run_id']} |")
+    return "\n".join(lines + ["", registration_markdown(registration, winner["mlflow_run_id"])])
+
+
+def png_data_uri(path: str | Path) -> str:
+    """A PNG as a data: URI, so an image artifact shows it without a file server."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()

@@ -41,6 +41,17 @@ PARAMS = (*SECTIONS, "eval.inception_weights")  # ... and the one key beyond the
 GRID_SEED0 = 10_000_000  # fixed-noise grid seeds, far from evaluation seeds
 
 
+CURVES = "curves.csv"  # the snapshot log as a table: dvc.yaml's `plots` draw it (`dvc plots show`)
+CURVE_COLUMNS = ("kimg", "loss_G", "loss_D", "quick_kid", "diversity", "duplicate_rate")
+
+
+def write_curves(log: list[dict], path: Path) -> None:
+    with open(path, "w") as f:
+        f.write(",".join(CURVE_COLUMNS) + "\n")
+        for line in log:
+            f.write(",".join("" if line.get(c) is None else f"{line[c]:.6g}" for c in CURVE_COLUMNS) + "\n")
+
+
 def num_classes_of(manifest: dict, labels: np.ndarray) -> int:
     """Classes of a dataset for a conditional model; a dataset without labels cannot condition one."""
     k = int(manifest.get("num_classes") or 0)
@@ -320,11 +331,12 @@ def _finish(snaps: Snapshots, tmp: Path, st: dict, run: mlflow.ActiveRun, manife
             device: torch.device, seconds: float, start_nimg: int, lineage: dict) -> dict:
     """Assemble the stage outputs: checkpoint.pt (the best snapshot: evaluation and registration use it),
     last.pt (the final training state, as StudioGAN keeps "best" and "current"), samples.png (the best
-    snapshot's grid), log.jsonl and run.json."""
+    snapshot's grid), log.jsonl, curves.csv and run.json."""
     shutil.copyfile(snaps.best_path, tmp / "checkpoint.pt")
     shutil.copyfile(snaps.latest(), tmp / "last.pt")
     shutil.copyfile(snaps.best_png, tmp / "samples.png")
     shutil.copyfile(snaps.log_path, tmp / "log.jsonl")
+    write_curves(st["log"], tmp / CURVES)
     mlflow.log_artifact(str(tmp / "log.jsonl"))
     info = {"mlflow_run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
             "kimg": st["nimg"] / 1000, "steps": st["step"], "best_kimg": st["best"]["kimg"],

@@ -24,7 +24,7 @@ TINY_OVERRIDES = {
     "train": {"batch_size": 32, "total_kimg": 0.256, "snapshot_kimg": 0.128, "log_every_steps": 2,
               "grid_size": 16, "snapshot_kid_images": 32, "snapshot_extractor": "tiny",
               "collapse_after_kimg": 1.0,  # a 0.256-kimg G is still near-constant
-              "augment": "off",  # DiffAugment pays off over many kimg; test_engine covers it
+              "augment": False,  # DiffAugment pays off over many kimg; test_engine covers it
               "ema_rampup": None},  # 8 steps: without ramp-up G_ema stays near the (diverse) initial G
     "eval": {"extractor": "tiny", "num_real": 120, "num_fake": 100, "batch_size": 40, "kid_subset_size": 50,
              "kid_subsets": 5, "bootstrap": 20},

@@ -111,7 +111,7 @@ def test_diffaugment_is_random_differentiable_and_keeps_shape():
     moved = diff_augment(ones, ["translation"])
     border = (moved == 0).float().mean(dim=(1, 2, 3))
     assert border.max() <= 1 - (14 / 16) ** 2 + 1e-6  # shifts of at most 2 of 16 pixels, zero-filled
-    assert enabled("auto", 9_999) and not enabled("auto", 10_000) and enabled("on", 10**6) and not enabled("off", 1)
+    assert enabled("auto", 9_999) and not enabled("auto", 10_000) and enabled(True, 10**6) and not enabled(False, 1)
 
 
 def test_ema_half_life_ramps_up_with_images_seen():

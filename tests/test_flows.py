@@ -39,6 +39,11 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
     note = client.get_run(holder.run_id).data.tags["mlflow.note.content"]
     assert f"v1 is the new {result['alias']}" in note and "| kid |" in note
     assert _artifact("training-pipeline") and "| kid |" in _artifact("training-pipeline")
+    # the sample grid and the training curves (dvc plots) are artifacts too
+    assert _artifact("samples").startswith("data:image/png;base64,")
+    plots = project / "reports" / "plots" / "index.html"
+    assert plots.as_uri() in _artifact("training-curves") and "quick_kid" in plots.read_text()
+    assert plots.as_uri() in note
 
     # a second flow run on unchanged inputs ends at once as Skipped, visible in Prefect and MLflow
     state = training_pipeline(project_dir=str(project), return_state=True)

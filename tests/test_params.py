@@ -15,7 +15,8 @@ from tests.conftest import REPO, shipped_params
 
 def test_shipped_params_load_and_cover_every_stage_section():
     p = load_params(REPO / "params.yaml")
-    assert set(type(p).model_fields) == {"base", "data", "model", "train", "eval", "registry", "serve", "schedule"}
+    assert set(type(p).model_fields) == {"base", "data", "model", "train", "eval", "registry", "serve", "schedule",
+                                           "sweep"}
     assert p.data.source == "digits" and p.registry.alias == "champion"
 
 

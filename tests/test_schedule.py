@@ -21,13 +21,19 @@ def test_schedule_without_a_server_is_one_clear_error(project, monkeypatch):
     assert proc.returncode == 2 and "no Prefect server: start one with `ganpipe server`" in proc.stderr
 
 
+def _nightly() -> dict:
+    from tests.conftest import shipped_params
+
+    return shipped_params()["schedule"]
+
+
 def test_bad_cron_and_time_zone_are_config_errors():
     from ganpipe.schedule import cron_schedule
 
     with pytest.raises(ConfigError, match="schedule.cron = '61 2 \\* \\* \\*'"):
-        cron_schedule(ScheduleParams(deployment="nightly", cron="61 2 * * *", timezone="UTC"))
+        cron_schedule(ScheduleParams(**{**_nightly(), "cron": "61 2 * * *"}))
     with pytest.raises(ValueError, match="IANA time zone"):
-        ScheduleParams(deployment="nightly", cron="0 2 * * *", timezone="Mars/Olympus")
+        ScheduleParams(**{**_nightly(), "timezone": "Mars/Olympus"})
 
 
 def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project, prefect_harness):

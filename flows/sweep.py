@@ -1,0 +1,82 @@
+"""The `sweep` flow: train each candidate of `sweep:` as a DVC experiment, register the best.
+
+Each candidate runs `dvc exp run evaluate -S ...` (prepare, ref-stats, train, evaluate; unchanged stages
+come from DVC's run cache), so each has its own lineage in `dvc exp show`. Candidates run one after
+another, each holding the device's training slot. The best by `registry.primary_metric` is applied to
+the workspace (`dvc exp apply`) and sent through the registration gate (`dvc repro register`); the gate,
+not the sweep, decides whether it becomes the champion. A markdown table of all candidates is published
+as a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import yaml
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from flows.training_pipeline import (StageFailed, _backoff, _env, _notify, ensure_limit, register_stage,
+                                     training_slot_name)
+from ganpipe.io import read_json
+from ganpipe.params import load_params
+from ganpipe.paths import layout
+from ganpipe.report import sweep_markdown
+from ganpipe.sweep import best, candidates, overrides_args, validate
+
+SCORES = ("fid", "kid", "precision", "recall", "coverage")
+
+
+def _dvc(args: list[str], project_dir: str) -> None:
+    rc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env()).returncode
+    if rc != 0:
+        raise StageFailed(f"`dvc {' '.join(args)}` exited {rc}")
+
+
+@task(name="dvc-exp-run", cache_policy=NO_CACHE, task_run_name="{name}")
+def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, base_params: str) -> dict:
+    """One candidate as a DVC experiment up to `evaluate`; its scores and MLflow run. params.yaml is
+    first put back as it was before the sweep: `dvc exp run -S` leaves its values in the workspace,
+    and a candidate must not inherit the previous one's."""
+    layout(project_dir).params_path.write_text(base_params)
+    with concurrency(slot, occupy=1, strict=True):
+        _dvc(["exp", "run", "evaluate", "--name", name, *overrides_args(overrides)], project_dir)
+    lay = layout(project_dir)
+    metrics = read_json(lay.metrics_path, "the evaluate stage")
+    info = read_json(lay.run_info_path, "the train stage")
+    return {"name": name, "overrides": overrides, "mlflow_run_id": info["mlflow_run_id"],
+            "scores": {k: metrics[k] for k in SCORES if isinstance(metrics.get(k), (int, float))}}
+
+
+@task(name="dvc-exp-apply", cache_policy=NO_CACHE)
+def apply_experiment(project_dir: str, name: str) -> None:
+    _dvc(["exp", "apply", name], project_dir)
+
+
+@flow(name="sweep", log_prints=True, on_failure=[_notify], on_crashed=[_notify])
+def sweep(project_dir: str = "."):
+    """Train every candidate, apply the best (by registry.primary_metric), register it through the gate."""
+    lay = layout(project_dir)
+    params = load_params(lay.params_path)
+    found = candidates(params.sweep)
+    validate(yaml.safe_load(lay.params_path.read_text()), found)  # every candidate, before any training
+    root = str(lay.root)
+    slot = training_slot_name(params.base.device)
+    ensure_limit(slot)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    print(f"sweep of {len(found)} candidates: " + "; ".join(str(c) for c in found))
+    base_params = lay.params_path.read_text()
+    results = [run_candidate(root, f"sweep-{stamp}-{i + 1}", c, slot, base_params) for i, c in enumerate(found)]
+    metric = params.registry.primary_metric
+    winner = best(results, metric)
+    print(f"best by {metric}: {winner['name']} {winner['overrides']} ({metric} = {winner['scores'][metric]:.4g})")
+    apply_experiment(root, winner["name"])
+    register_stage.with_options(**_backoff(params.schedule.io_retries))(root, False)
+    registration = read_json(lay.registration_path, "the register stage")
+    create_markdown_artifact(markdown=sweep_markdown(results, winner, metric, registration), key="sweep",
+                             description="sweep candidates and the registered winner")
+    return {"winner": winner, "candidates": results, "registration": registration}
