@@ -43,8 +43,12 @@ def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, base_
     first put back as it was before the sweep: `dvc exp run -S` leaves its values in the workspace,
     and a candidate must not inherit the previous one's."""
     layout(project_dir).params_path.write_text(base_params)
-    with concurrency(slot, occupy=1, strict=True):
-        _dvc(["exp", "run", "evaluate", "--name", name, *overrides_args(overrides)], project_dir)
+    try:
+        with concurrency(slot, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+            _dvc(["exp", "run", "evaluate", "--name", name, *overrides_args(overrides)], project_dir)
+    except StageFailed as exc:  # a candidate that diverges or collapses is a result, not the sweep's end
+        print(f"candidate {name} {overrides} failed: {exc}")
+        return {"name": name, "overrides": overrides, "mlflow_run_id": "", "scores": {}, "failed": str(exc)}
     lay = layout(project_dir)
     metrics = read_json(lay.metrics_path, "the evaluate stage")
     info = read_json(lay.run_info_path, "the train stage")
@@ -70,9 +74,13 @@ def sweep(project_dir: str = "."):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"sweep of {len(found)} candidates: " + "; ".join(str(c) for c in found))
     base_params = lay.params_path.read_text()
-    results = [run_candidate(root, f"sweep-{stamp}-{i + 1}", c, slot, base_params) for i, c in enumerate(found)]
-    metric = params.registry.primary_metric
-    winner = best(results, metric)
+    try:
+        results = [run_candidate(root, f"sweep-{stamp}-{i + 1}", c, slot, base_params) for i, c in enumerate(found)]
+        metric = params.registry.primary_metric
+        winner = best(results, metric)
+    except BaseException:
+        lay.params_path.write_text(base_params)  # never leave a candidate's values for the next nightly run
+        raise
     print(f"best by {metric}: {winner['name']} {winner['overrides']} ({metric} = {winner['scores'][metric]:.4g})")
     apply_experiment(root, winner["name"])
     register_stage.with_options(**_backoff(params.schedule.io_retries))(root, False)

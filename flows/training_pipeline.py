@@ -49,6 +49,16 @@ class StageFailed(GanpipeError):
     """A DVC stage exited non-zero; its own output above says why."""
 
 
+class TrainingCrashed(StageFailed):
+    """The training process died without ending its MLflow run (killed, out of memory, preempted):
+    worth a retry, which resumes. A training that failed on its own (diverged, collapsed, bad input)
+    ended its run FAILED and is not retried."""
+
+
+def _retry_if_crashed(task, task_run, state) -> bool:
+    return isinstance(state.data, TrainingCrashed)
+
+
 def _env() -> dict[str, str]:
     """Stage commands (`ganpipe ...`) resolve to this interpreter's environment."""
     env = dict(os.environ)
@@ -99,7 +109,7 @@ def ensure_limit(name: str, slots: int = 1) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", cache_policy=NO_CACHE, retry_condition_fn=_retry_if_crashed)
 def train_stage(project_dir: str, force: bool, slot: str) -> None:
     """`dvc repro --single-item train` holding the device's training slot. A retry (after the training
     process died) resumes from the newest snapshot in the same MLflow run; the dead attempt's MLflow run
@@ -108,14 +118,17 @@ def train_stage(project_dir: str, force: bool, slot: str) -> None:
     env = {**_env(), **({RESUME_ENV: "1"} if resume else {})}
     if resume:
         print("retry: training resumes from its newest snapshot")
-    with concurrency(slot, occupy=1, strict=True):
+    # a hiccup of the Prefect server renewing the slot's lease must not kill hours of training
+    with concurrency(slot, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
         try:
             _repro("train", project_dir, force, env)
         except StageFailed as exc:
             run_id = abandoned_run_id(work_dir_of(layout(project_dir).models_dir))
             if run_id:
                 tracking.configure(project_dir)
-                tracking.fail_run_if_running(run_id, f"{exc}; the process died or was killed")
+                if tracking.fail_run_if_running(run_id, f"{exc}; the process died or was killed"):
+                    raise TrainingCrashed(f"{exc}; the training process died (MLflow run {run_id} marked "
+                                          "FAILED); a retry resumes from the newest snapshot") from None
             raise
 
 

@@ -51,7 +51,9 @@ class Engine:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=tp.lr, betas=(tp.beta1, tp.beta2))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=tp.lr, betas=(tp.beta1, tp.beta2))
         self.dtype = autocast_dtype(tp.precision, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        # fp16 only; one scaler per network, each updated after its own step (several D steps per G step)
+        self.scaler_D = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.scaler_G = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         G_run: Callable = self.G
         D_run: Callable = self.D
         if distributed:  # gradients all-reduced across processes; rank 0's initial weights broadcast
@@ -66,6 +68,8 @@ class Engine:
         self.G_run, self.D_run = G_run, D_run
         # D as the generator's loss sees it: no DDP hooks (D's gradients are not wanted there)
         self.D_plain: Callable = torch.compile(self.D) if tp.compile else self.D
+        # gradient penalties differentiate twice, which compiled graphs do not support
+        self.D_penalty: Callable = self.D if tp.compile else D_run
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
         self.ema_params = list(self.G_ema.parameters())
         self.ema_buffers = list(self.G_ema.buffers())
@@ -84,7 +88,7 @@ class Engine:
     def _check_grads(self, module: nn.Module, opt: torch.optim.Optimizer) -> None:
         if self.tp.max_grad_norm is None:
             return
-        if self.scaler.is_enabled():
+        if self.scaler_D.is_enabled():
             return  # fp16: the scaler skips steps with inf gradients by design; only losses count
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -97,19 +101,24 @@ class Engine:
         if penalise_r1:
             real = real.detach().requires_grad_(True)
         with self._autocast():
-            real_logits = self.D_run(self._aug(real), c)
             fake_logits = self.D_run(self._aug(fake.detach()), c)
-            loss = losses.d_loss(tp.loss, real_logits.float(), fake_logits.float())
-        if tp.loss == "wgan-gp" and tp.gp_lambda > 0:
-            loss = loss + tp.gp_lambda * losses.gradient_penalty(lambda x, y: self.D_run(self._aug(x), y),
+        if penalise_r1:  # in fp32 through a D that can be differentiated twice (no underflow, no compile)
+            real_logits = self.D_penalty(self._aug(real), c)
+        else:
+            with self._autocast():
+                real_logits = self.D_run(self._aug(real), c)
+        loss = losses.d_loss(tp.loss, real_logits.float(), fake_logits.float())
+        if tp.loss == "wgan-gp" and tp.gp_lambda > 0:  # fp32, same reason
+            loss = loss + tp.gp_lambda * losses.gradient_penalty(lambda x, y: self.D_penalty(self._aug(x), y),
                                                                  real, fake, c)
         if penalise_r1:
             loss = loss + tp.r1_gamma * losses.r1_penalty(real_logits, real)
         self.opt_D.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.opt_D)
+        self.scaler_D.scale(loss).backward()
+        self.scaler_D.unscale_(self.opt_D)
         self._check_grads(self.D, self.opt_D)
-        self.scaler.step(self.opt_D)
+        self.scaler_D.step(self.opt_D)
+        self.scaler_D.update()
         return loss.detach()
 
     def g_update(self, fake: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -117,11 +126,11 @@ class Engine:
         with self._autocast():
             loss = losses.g_loss(self.tp.loss, self.D_plain(self._aug(fake), c).float())
         self.opt_G.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.opt_G)
+        self.scaler_G.scale(loss).backward()
+        self.scaler_G.unscale_(self.opt_G)
         self._check_grads(self.G, self.opt_G)
-        self.scaler.step(self.opt_G)
-        self.scaler.update()
+        self.scaler_G.step(self.opt_G)
+        self.scaler_G.update()
         return loss.detach()
 
     def step(self, batches: list[Batch]) -> torch.Tensor:
@@ -157,7 +166,7 @@ class Engine:
     def state_dict(self) -> dict:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                "scaler": self.scaler.state_dict()}
+                "scaler": {"D": self.scaler_D.state_dict(), "G": self.scaler_G.state_dict()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
@@ -165,6 +174,7 @@ class Engine:
         self.G_ema.load_state_dict(state["G_ema"])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        for key, scaler in (("D", self.scaler_D), ("G", self.scaler_G)):
+            if state.get("scaler", {}).get(key):
+                scaler.load_state_dict(state["scaler"][key])
         self.bad.zero_()

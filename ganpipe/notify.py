@@ -48,6 +48,6 @@ def failure_notice(flow: str, run_name: str, run_id: str, state: str, message: s
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 resp.read()
-        except OSError as exc:
+        except Exception as exc:  # unreachable, refused, malformed URL: say so, never mask the failure
             log.error("ganpipe: the failure webhook %s did not take the notice: %s", url, exc)
     return notice

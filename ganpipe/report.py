@@ -55,7 +55,8 @@ def sweep_markdown(results: list[dict], winner: dict, metric: str, registration:
         mark = " (best)" if r is winner else ""
         overrides = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
         scores = " | ".join(f"{r['scores'][k]:.4g}" if k in r["scores"] else "-" for k in keys)
-        lines.append(f"| {r['name']}{mark} | {overrides} | {scores} | {r['mlflow_run_id']} |")
+        run = r["mlflow_run_id"] or f"failed: {r.get('failed', '')[:120]}"
+        lines.append(f"| {r['name']}{mark} | {overrides} | {scores} | {run} |")
     return "\n".join(lines + ["", registration_markdown(registration, winner["mlflow_run_id"])])
 
 

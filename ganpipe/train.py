@@ -118,7 +118,7 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(x_all.device)
     shuffle = torch.Generator().manual_seed(base.seed)
     st = {"nimg": 0, "step": 0, "perm": torch.randperm(len(x_all), generator=shuffle), "pos": 0,
-          "best": None, "log": [], "collapse_streak": 0}
+          "best": None, "log": [], "collapse_streak": 0, "rollbacks": 0}
 
     snaps = Snapshots(work_dir_of(out_dir), tp.keep_snapshots)
     saved, diff = None, []
@@ -158,7 +158,6 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
             and snaps.best_nimg() != st["nimg"]:  # killed between writing a best snapshot and marking it
         save_png(grid(sample(engine.G_ema, grid_seeds).numpy()), snaps.path / "latest.png")
         snaps.mark_best(snaps.latest(), snaps.path / "latest.png")
-    rollbacks = 0
 
     lineage: dict = {}
     run_ctx = None
@@ -208,8 +207,7 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
             snaps.log_path.write_text("".join(json.dumps(x) + "\n" for x in st["log"]))
 
         def rollback(reason: str) -> None:
-            nonlocal rollbacks
-            rollbacks += 1
+            rollbacks = st["rollbacks"] + 1  # kept in snapshots: a resume does not reset the budget
             latest = snaps.latest()
             if rollbacks > tp.max_rollbacks or latest is None:
                 message = (f"training diverged ({reason}) at {st['nimg'] / 1000:g} kimg after {rollbacks - 1} "
@@ -219,6 +217,7 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
                     mlflow.set_tag("ganpipe.failure", message)
                 raise TrainingError(message)
             restore(load_checkpoint(latest), reseed=rollbacks)
+            st["rollbacks"] = rollbacks
             pending[:] = [p for p in pending if p[0] <= st["nimg"]]
             if rank0:
                 print(f"diverged ({reason}); rolled back to {st['nimg'] / 1000:g} kimg (rollback {rollbacks})")
@@ -244,13 +243,13 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
                   mininterval=2.0, disable=not rank0) as bar:
             while st["nimg"] < total_img:
                 loss = engine.step([batch() for _ in range(tp.d_steps)])
-                engine.update_ema(st["nimg"], tp.batch_size)
+                engine.update_ema(st["nimg"], tp.batch_size * tp.d_steps)  # half-life in images shown
                 st["nimg"] += tp.batch_size * tp.d_steps
                 st["step"] += 1
                 bar.update(tp.batch_size * tp.d_steps)
                 at_snapshot = st["nimg"] >= next_snapshot or st["nimg"] >= total_img
                 if st["step"] % tp.log_every_steps == 0 or at_snapshot:
-                    if st["step"] % tp.log_every_steps == 0:
+                    if st["step"] % tp.log_every_steps == 0 and rank0:
                         pending.append((st["nimg"], loss))
                     if world.any(engine.bad):
                         rollback("non-finite loss or gradient norm over train.max_grad_norm")
@@ -335,7 +334,7 @@ def _finish(snaps: Snapshots, tmp: Path, st: dict, run: mlflow.ActiveRun, manife
     shutil.copyfile(snaps.best_path, tmp / "checkpoint.pt")
     shutil.copyfile(snaps.latest(), tmp / "last.pt")
     shutil.copyfile(snaps.best_png, tmp / "samples.png")
-    shutil.copyfile(snaps.log_path, tmp / "log.jsonl")
+    (tmp / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in st["log"]))
     write_curves(st["log"], tmp / CURVES)
     mlflow.log_artifact(str(tmp / "log.jsonl"))
     info = {"mlflow_run_id": run.info.run_id, "experiment_id": run.info.experiment_id,

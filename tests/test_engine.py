@@ -144,3 +144,13 @@ def test_bf16_autocast_step_runs_on_cpu():
     e = _engine("dcgan", "hinge", precision="bf16")
     out = e.step([(torch.rand(8, 3, 32, 32) * 2 - 1, None)])
     assert torch.isfinite(out).all() and not math.isnan(out[0].item())
+
+
+def test_fp16_with_several_critic_steps_and_penalties_runs_and_saves_both_scalers():
+    e = _engine("dcgan", "wgan-gp", precision="fp16", r1_gamma=1.0)  # d_steps = 2
+    for _ in range(2):
+        out = e.step([(torch.rand(8, 3, 32, 32) * 2 - 1, None)] * e.tp.d_steps)
+        assert torch.isfinite(out).all()
+    state = e.state_dict()
+    assert set(state["scaler"]) == {"D", "G"}
+    e.load_state_dict(state)

@@ -149,3 +149,14 @@ def test_a_failed_run_posts_to_the_webhook(tmp_path, prefect_harness):
     assert "stage 'prepare' failed" in notice["message"] and notice["text"].startswith("ganpipe: flow run")
     assert notice["project_dir"] == str(project)
     assert yaml.safe_load((project / "params.yaml").read_text())["schedule"]["webhook_url"] == url
+
+
+def test_only_a_crashed_training_is_retried():
+    from prefect.states import Failed
+
+    from flows.training_pipeline import StageFailed, TrainingCrashed, _retry_if_crashed
+
+    assert _retry_if_crashed(None, None, Failed(data=TrainingCrashed("killed")))
+    # diverged past its rollbacks, collapsed, bad input: the run ended FAILED by itself; a retry would
+    # only repeat it
+    assert not _retry_if_crashed(None, None, Failed(data=StageFailed("stage 'train' failed")))
