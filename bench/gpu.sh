@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/results}"
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q -c constraints.txt -e .
+# the GPU machine may have no package index: use a Python that already has torch when there is one
+py=.venv/bin/python
+if [ ! -x "$py" ]; then
+  if python3 -c "import torch, mlflow, pydantic, yaml" 2>/dev/null; then py=python3
+  else python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e . ; fi
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
-.venv/bin/python bench/gpu_speed.py --out "$out"
-.venv/bin/python bench/train_speed.py --device cuda --kimg 200 --repeats 2 --out "$out"
+"$py" bench/gpu_speed.py --out "$out"
+"$py" bench/train_speed.py --device cuda --kimg 200 --repeats 2 --out "$out"

@@ -23,12 +23,17 @@ sys.path.insert(0, str(REPO))
 from ganpipe.engine import Engine  # noqa: E402
 from ganpipe.models import generator_config  # noqa: E402
 from ganpipe.params import parse_params  # noqa: E402
-from tests.conftest import shipped_params  # noqa: E402
 
 CONFIGS = {  # name: (arch, resolution, width, batch, loss)
     "dcgan-64": ("dcgan", 64, 64, 256, "nonsaturating"),
     "resnet-32": ("resnet", 32, 128, 128, "hinge"),
 }
+
+
+def shipped_params() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
 def engine_for(name: str, precision: str, compile_: bool, device: torch.device, smoke: bool) -> tuple[Engine, int]:

@@ -36,7 +36,12 @@ from ganpipe.models import build_discriminator, build_generator, generator_confi
 from ganpipe.params import parse_params  # noqa: E402
 from ganpipe.paths import layout  # noqa: E402
 from ganpipe.train import train  # noqa: E402
-from tests.conftest import shipped_params  # noqa: E402
+
+
+def shipped_params() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
 def bench_params(kimg: float, device: str) -> dict:
