@@ -1,8 +1,10 @@
 """The `sweep` flow: train each candidate of `sweep:` as a DVC experiment, register the best.
 
 Each candidate runs `dvc exp run evaluate -S ...` (prepare, ref-stats, train, evaluate; unchanged stages
-come from DVC's run cache), so each has its own lineage in `dvc exp show`. Candidates run one after
-another, each holding the device's training slot. The best by `registry.primary_metric` is applied to
+come from DVC's run cache), so each has its own lineage in `dvc exp show`. With `sweep.jobs: 1` they run
+one after another in the workspace, each holding the device's training slot; with N > 1 they go through
+DVC's queue, N at a time in temp directories (`dvc exp run --run-all -j N`), scores read back from
+`dvc exp show --json`. The best by `registry.primary_metric` is applied to
 the workspace (`dvc exp apply`) and sent through the registration gate (`dvc repro register`); the gate,
 not the sweep, decides whether it becomes the champion. A markdown table of all candidates is published
 as a Prefect artifact.
@@ -10,6 +12,7 @@ as a Prefect artifact.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -22,11 +25,12 @@ from prefect.concurrency.sync import concurrency
 
 from flows.training_pipeline import (StageFailed, _backoff, _env, _notify, ensure_limit, register_stage,
                                      training_slot_name)
+from ganpipe import tracking
 from ganpipe.io import read_json
 from ganpipe.params import load_params
 from ganpipe.paths import layout
 from ganpipe.report import sweep_markdown
-from ganpipe.sweep import best, candidates, overrides_args, validate
+from ganpipe.sweep import best, candidates, overrides_args, scores_from_exp_show, validate
 
 SCORES = ("fid", "kid", "precision", "recall", "coverage")
 
@@ -56,6 +60,36 @@ def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, base_
             "scores": {k: metrics[k] for k in SCORES if isinstance(metrics.get(k), (int, float))}}
 
 
+@task(name="dvc-exp-queue", cache_policy=NO_CACHE)
+def run_queued(project_dir: str, named: list[tuple[str, dict]], jobs: int, experiment: str) -> list[dict]:
+    """All candidates through DVC's queue, `jobs` at a time, each in a temp copy of the repo; their
+    MLflow runs go to the project's store. A candidate that fails is reported without scores."""
+    lay = layout(project_dir)
+    for name, overrides in named:
+        _dvc(["exp", "run", "evaluate", "--queue", "--name", name, *overrides_args(overrides)], project_dir)
+    env = {**_env(), "MLFLOW_TRACKING_URI": tracking.tracking_uri(lay.root)}
+    # create the store and the experiment now: MLflow's first-use schema migration is not safe to run
+    # from several processes at once
+    tracking.configure(lay.root)
+    tracking.experiment_id(experiment, lay.root)
+    rc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--run-all", "--jobs", str(jobs)],
+                        cwd=project_dir, env=env).returncode
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project_dir, env=env,
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise StageFailed(f"`dvc exp show --json` exited {shown.returncode}: {shown.stderr.strip()[-300:]}")
+    metrics = scores_from_exp_show(json.loads(shown.stdout or "[]"), [n for n, _ in named],
+                                   str(lay.metrics_path.relative_to(lay.root)))
+    out = []
+    for name, overrides in named:
+        m = metrics.get(name)
+        out.append({"name": name, "overrides": overrides, "mlflow_run_id": "",
+                    "scores": {k: m[k] for k in SCORES if isinstance((m or {}).get(k), (int, float))}}
+                   if m else {"name": name, "overrides": overrides, "mlflow_run_id": "", "scores": {},
+                              "failed": f"no metrics (dvc exp run --run-all exited {rc})"})
+    return out
+
+
 @task(name="dvc-exp-apply", cache_policy=NO_CACHE)
 def apply_experiment(project_dir: str, name: str) -> None:
     _dvc(["exp", "apply", name], project_dir)
@@ -75,7 +109,11 @@ def sweep(project_dir: str = "."):
     print(f"sweep of {len(found)} candidates: " + "; ".join(str(c) for c in found))
     base_params = lay.params_path.read_text()
     try:
-        results = [run_candidate(root, f"sweep-{stamp}-{i + 1}", c, slot, base_params) for i, c in enumerate(found)]
+        named = [(f"sweep-{stamp}-{i + 1}", c) for i, c in enumerate(found)]
+        if params.sweep.jobs > 1:
+            results = run_queued(root, named, params.sweep.jobs, params.base.experiment)
+        else:
+            results = [run_candidate(root, name, c, slot, base_params) for name, c in named]
         metric = params.registry.primary_metric
         winner = best(results, metric)
     except BaseException:
@@ -83,6 +121,7 @@ def sweep(project_dir: str = "."):
         raise
     print(f"best by {metric}: {winner['name']} {winner['overrides']} ({metric} = {winner['scores'][metric]:.4g})")
     apply_experiment(root, winner["name"])
+    winner["mlflow_run_id"] = read_json(lay.run_info_path, "the train stage")["mlflow_run_id"]
     register_stage.with_options(**_backoff(params.schedule.io_retries))(root, False)
     registration = read_json(lay.registration_path, "the register stage")
     create_markdown_artifact(markdown=sweep_markdown(results, winner, metric, registration), key="sweep",

@@ -196,6 +196,7 @@ class SweepParams(_Section):
 
     grid: dict[str, list[SweepValue]] = Field(description="params key -> values; every combination")
     candidates: list[dict[str, SweepValue]] = Field(description="explicit override sets")
+    jobs: int = Field(ge=1, le=64, description="candidates trained at once (DVC's queue, temp directories)")
 
     @field_validator("grid")
     @classmethod

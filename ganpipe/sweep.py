@@ -73,6 +73,28 @@ def overrides_args(c: dict[str, Scalar]) -> list[str]:
     return args
 
 
+def scores_from_exp_show(shown: object, names: list[str], metrics_path: str) -> dict[str, dict]:
+    """`dvc exp show --json` -> {experiment name: metrics of `metrics_path`} for the named experiments
+    (the JSON nests experiments under their baseline commit; this walks it whole)."""
+    found: dict[str, dict] = {}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            name, data = node.get("name"), node.get("data")
+            if name in names and isinstance(data, dict):
+                metrics = (data.get("metrics") or {}).get(metrics_path) or {}
+                if isinstance(metrics.get("data"), dict):
+                    found[name] = metrics["data"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(shown)
+    return found
+
+
 def best(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """The result with the best `metric` (direction from the metric registry); ties: the first."""
     scored = [r for r in results if r.get("scores", {}).get(metric) is not None]

@@ -32,15 +32,14 @@ def _pids_running(cmdline: str, cwd: Path) -> list[int]:
     return found
 
 
-def test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run(tmp_path, prefect_harness):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
+def _run_and_kill_training_once(tmp_path, train_retries: int):
+    """The training-pipeline flow on a tiny project whose training process gets SIGKILLed once it has
+    written its first snapshot; returns (project, flow run state, what was killed)."""
     from flows.training_pipeline import training_pipeline
     from ganpipe.checkpoint import load_checkpoint
 
     raw = tiny_params_dict(train={"total_kimg": 32.0, "snapshot_kimg": 6.4, "collapse_after_kimg": 1000.0},
-                           schedule={"train_retries": 1})
+                           schedule={"train_retries": train_retries})
     project = make_project(tmp_path / "project", raw).resolve()
     first = project / "models.partial" / "snapshot-000000006400.pt"
     killed: dict = {}
@@ -63,6 +62,14 @@ def test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run(tm
     state = training_pipeline(project_dir=str(project), return_state=True)
     killer.join(timeout=5)
     assert killed.get("pids"), "the training process was never killed"
+    return project, state, killed
+
+
+def test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run(tmp_path, prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    project, state, killed = _run_and_kill_training_once(tmp_path, train_retries=1)
     assert state.is_completed(), state
     result = state.result()
     assert result["promoted"] and result["version"] == "1"
@@ -78,6 +85,15 @@ def test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run(tm
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     (train_run,) = [r for r in runs if r.name.startswith("train")]
     assert train_run.run_count == 2 and train_run.state.is_completed()
+
+
+def test_a_killed_training_without_retries_fails_the_flow_and_the_mlflow_run(tmp_path, prefect_harness):
+    project, state, killed = _run_and_kill_training_once(tmp_path, train_retries=0)
+    assert state.is_failed(), state  # not left "Running"
+    assert "the training process died" in state.message
+    run = mlflow_client(project).get_run(killed["run_id"])
+    assert run.info.status == "FAILED" and "died or was killed" in run.data.tags["ganpipe.failure"]
+    assert not (project / "reports" / "registration.json").exists()  # nothing registered
 
 
 def test_one_training_at_a_time_per_device(prefect_harness):

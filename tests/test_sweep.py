@@ -65,3 +65,27 @@ def test_sweep_flow_trains_each_candidate_as_an_experiment_and_registers_the_bes
 
     table = str(Artifact.get("sweep").data)
     assert f"{winner['name']} (best)" in table and "train.total_kimg=0.064" in table
+
+
+def test_parallel_sweep_runs_the_candidates_through_dvcs_queue(tmp_path, prefect_harness):
+    from flows.sweep import sweep
+
+    raw = tiny_params_dict(sweep={"grid": {"train.total_kimg": [0.064, 0.256]}, "candidates": [], "jobs": 2})
+    project = make_project(tmp_path / "project", raw)
+    out = sweep(project_dir=str(project))
+    results, winner = out["candidates"], out["winner"]
+    assert all(r["scores"] for r in results), results
+    kid = [r["scores"]["kid"] for r in results]
+    assert winner["scores"]["kid"] == min(kid) and kid[0] != kid[1]
+    applied = yaml.safe_load((project / "params.yaml").read_text())
+    assert applied["train"]["total_kimg"] == winner["overrides"]["train.total_kimg"]
+    assert applied["sweep"]["jobs"] == 2
+    registration = json.loads((project / "reports" / "registration.json").read_text())
+    assert registration["metrics"]["kid"] == pytest.approx(winner["scores"]["kid"])
+    # the candidates trained in temp directories logged to the project's MLflow store
+    from tests.conftest import mlflow_client
+
+    client = mlflow_client(project)
+    runs = client.search_runs([client.get_experiment_by_name(raw["base"]["experiment"]).experiment_id],
+                              "tags.`ganpipe.stage` = 'train'")
+    assert len(runs) == 2 and winner["mlflow_run_id"] in {r.info.run_id for r in runs}
