@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from flows.training_pipeline import (StageFailed, _backoff, _env, _notify, ensure_limit, register_stage,
-                                     training_slot_name)
+                                     run_dvc, training_slot_name)
 from ganpipe import tracking
 from ganpipe.io import read_json
 from ganpipe.params import load_params
@@ -36,9 +36,16 @@ SCORES = ("fid", "kid", "precision", "recall", "coverage")
 
 
 def _dvc(args: list[str], project_dir: str) -> None:
-    rc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env()).returncode
+    rc = run_dvc(args, project_dir)
     if rc != 0:
         raise StageFailed(f"`dvc {' '.join(args)}` exited {rc}")
+
+
+def _result(name: str, overrides: dict, metrics: dict | None, run_id: str = "", failed: str = "") -> dict:
+    """One candidate's row: its scores (none when it failed) and MLflow run."""
+    scores = {k: metrics[k] for k in SCORES if isinstance((metrics or {}).get(k), (int, float))}
+    row = {"name": name, "overrides": overrides, "mlflow_run_id": run_id, "scores": scores}
+    return {**row, "failed": failed} if failed else row
 
 
 @task(name="dvc-exp-run", cache_policy=NO_CACHE, task_run_name="{name}")
@@ -52,12 +59,10 @@ def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, base_
             _dvc(["exp", "run", "evaluate", "--name", name, *overrides_args(overrides)], project_dir)
     except StageFailed as exc:  # a candidate that diverges or collapses is a result, not the sweep's end
         print(f"candidate {name} {overrides} failed: {exc}")
-        return {"name": name, "overrides": overrides, "mlflow_run_id": "", "scores": {}, "failed": str(exc)}
+        return _result(name, overrides, None, failed=str(exc))
     lay = layout(project_dir)
-    metrics = read_json(lay.metrics_path, "the evaluate stage")
-    info = read_json(lay.run_info_path, "the train stage")
-    return {"name": name, "overrides": overrides, "mlflow_run_id": info["mlflow_run_id"],
-            "scores": {k: metrics[k] for k in SCORES if isinstance(metrics.get(k), (int, float))}}
+    return _result(name, overrides, read_json(lay.metrics_path, "the evaluate stage"),
+                   read_json(lay.run_info_path, "the train stage")["mlflow_run_id"])
 
 
 @task(name="dvc-exp-queue", cache_policy=NO_CACHE)
@@ -72,22 +77,16 @@ def run_queued(project_dir: str, named: list[tuple[str, dict]], jobs: int, exper
     # from several processes at once
     tracking.configure(lay.root)
     tracking.experiment_id(experiment, lay.root)
-    rc = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--run-all", "--jobs", str(jobs)],
-                        cwd=project_dir, env=env).returncode
+    rc = run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], project_dir, env)
     shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project_dir, env=env,
                            capture_output=True, text=True)
     if shown.returncode != 0:
         raise StageFailed(f"`dvc exp show --json` exited {shown.returncode}: {shown.stderr.strip()[-300:]}")
     metrics = scores_from_exp_show(json.loads(shown.stdout or "[]"), [n for n, _ in named],
                                    str(lay.metrics_path.relative_to(lay.root)))
-    out = []
-    for name, overrides in named:
-        m = metrics.get(name)
-        out.append({"name": name, "overrides": overrides, "mlflow_run_id": "",
-                    "scores": {k: m[k] for k in SCORES if isinstance((m or {}).get(k), (int, float))}}
-                   if m else {"name": name, "overrides": overrides, "mlflow_run_id": "", "scores": {},
-                              "failed": f"no metrics (dvc exp run --run-all exited {rc})"})
-    return out
+    return [_result(name, overrides, metrics.get(name),
+                    failed="" if name in metrics else f"no metrics (dvc exp run --run-all exited {rc})")
+            for name, overrides in named]
 
 
 @task(name="dvc-exp-apply", cache_policy=NO_CACHE)

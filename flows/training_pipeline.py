@@ -77,9 +77,13 @@ def stale_stages(project_dir: str) -> list[str]:
     return [s for s in STAGES if s in status]
 
 
+def run_dvc(args: list[str], project_dir: str, env: dict[str, str] | None = None) -> int:
+    """`dvc ARGS` in the project with this interpreter's environment; its exit code."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=env or _env()).returncode
+
+
 def _repro(stage: str, project_dir: str, force: bool, env: dict[str, str] | None = None) -> None:
-    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] if force else [])]
-    rc = subprocess.run(cmd, cwd=project_dir, env=env or _env()).returncode
+    rc = run_dvc(["repro", "--single-item", stage, *(["--force"] if force else [])], project_dir, env)
     if rc != 0:
         raise StageFailed(f"stage {stage!r} failed (`dvc repro --single-item {stage}` exited {rc})")
 

@@ -85,14 +85,19 @@ class Engine:
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.G.z_dim, device=self.device)
 
-    def _check_grads(self, module: nn.Module, opt: torch.optim.Optimizer) -> None:
-        if self.tp.max_grad_norm is None:
-            return
-        if self.scaler_D.is_enabled():
-            return  # fp16: the scaler skips steps with inf gradients by design; only losses count
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        self.bad |= ~(norm <= self.tp.max_grad_norm)  # NaN compares false: counted as bad
+    def _optimise(self, loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler) -> None:
+        """Backward, the divergence check on the (unscaled) gradient norm, the optimizer step."""
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        # fp16: the scaler skips steps with inf gradients by design; there only losses count
+        if self.tp.max_grad_norm is not None and not scaler.is_enabled():
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.bad |= ~(norm <= self.tp.max_grad_norm)  # NaN compares false: counted as bad
+        scaler.step(opt)
+        scaler.update()
 
     def d_update(self, real: torch.Tensor, c: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
         tp = self.tp
@@ -113,24 +118,14 @@ class Engine:
                                                                  real, fake, c)
         if penalise_r1:
             loss = loss + tp.r1_gamma * losses.r1_penalty(real_logits, real)
-        self.opt_D.zero_grad(set_to_none=True)
-        self.scaler_D.scale(loss).backward()
-        self.scaler_D.unscale_(self.opt_D)
-        self._check_grads(self.D, self.opt_D)
-        self.scaler_D.step(self.opt_D)
-        self.scaler_D.update()
+        self._optimise(loss, self.D, self.opt_D, self.scaler_D)
         return loss.detach()
 
     def g_update(self, fake: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         self.D.requires_grad_(False)  # the G step needs gradients through D, not of D
         with self._autocast():
             loss = losses.g_loss(self.tp.loss, self.D_plain(self._aug(fake), c).float())
-        self.opt_G.zero_grad(set_to_none=True)
-        self.scaler_G.scale(loss).backward()
-        self.scaler_G.unscale_(self.opt_G)
-        self._check_grads(self.G, self.opt_G)
-        self.scaler_G.step(self.opt_G)
-        self.scaler_G.update()
+        self._optimise(loss, self.G, self.opt_G, self.scaler_G)
         return loss.detach()
 
     def step(self, batches: list[Batch]) -> torch.Tensor:

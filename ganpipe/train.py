@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 import random
 import shutil
 import time
@@ -43,6 +44,11 @@ GRID_SEED0 = 10_000_000  # fixed-noise grid seeds, far from evaluation seeds
 
 CURVES = "curves.csv"  # the snapshot log as a table: dvc.yaml's `plots` draw it (`dvc plots show`)
 CURVE_COLUMNS = ("kimg", "loss_G", "loss_D", "quick_kid", "diversity", "duplicate_rate")
+
+
+def log_text(log: list[dict]) -> str:
+    """The snapshot log as JSON lines (`log.jsonl`)."""
+    return "".join(json.dumps(x) + "\n" for x in log)
 
 
 def write_curves(log: list[dict], path: Path) -> None:
@@ -166,7 +172,7 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
                    "data_dvc_md5": locked_hash(root, os.path.relpath(prepared_dir.resolve(), root.resolve()))}
         run_ctx = _start_run(params, manifest, saved, diff if saved is not None else [], len(images), device,
                              augment_on, lineage, root)
-    with atomic_dir(out_dir) if rank0 else _nothing() as tmp, run_ctx or _nothing() as run:
+    with atomic_dir(out_dir) if rank0 else nullcontext() as tmp, run_ctx or nullcontext() as run:
         run_id = run.info.run_id if rank0 else ""
         pending: list[tuple[int, torch.Tensor]] = []
         t0 = time.perf_counter() - (st["log"][-1]["seconds"] if st["log"] else 0.0)
@@ -204,7 +210,7 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
             path = snaps.save(state())
             if best:
                 snaps.mark_best(path, snaps.path / "latest.png")
-            snaps.log_path.write_text("".join(json.dumps(x) + "\n" for x in st["log"]))
+            snaps.log_path.write_text(log_text(st["log"]))
 
         def rollback(reason: str) -> None:
             rollbacks = st["rollbacks"] + 1  # kept in snapshots: a resume does not reset the budget
@@ -283,16 +289,6 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
     return info
 
 
-class _nothing:
-    """`with` placeholder for the ranks that write nothing."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 def _start_run(params: Params, manifest: dict, saved: dict | None, diff: list[str], num_train: int,
                device: torch.device, augment_on: bool, lineage: dict, root: Path) -> mlflow.ActiveRun:
     """The MLflow run: the checkpoint's run when resuming (and it still exists), else a new one."""
@@ -334,7 +330,7 @@ def _finish(snaps: Snapshots, tmp: Path, st: dict, run: mlflow.ActiveRun, manife
     shutil.copyfile(snaps.best_path, tmp / "checkpoint.pt")
     shutil.copyfile(snaps.latest(), tmp / "last.pt")
     shutil.copyfile(snaps.best_png, tmp / "samples.png")
-    (tmp / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in st["log"]))
+    (tmp / "log.jsonl").write_text(log_text(st["log"]))
     write_curves(st["log"], tmp / CURVES)
     mlflow.log_artifact(str(tmp / "log.jsonl"))
     info = {"mlflow_run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
