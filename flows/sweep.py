@@ -21,10 +21,9 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
-from flows.training_pipeline import (StageFailed, _backoff, _env, _notify, ensure_limit, register_stage,
-                                     run_dvc, training_slot_name)
+from flows.training_pipeline import (StageFailed, _backoff, _env, _notify, ensure_limit, holding_slot,
+                                     register_stage, run_dvc, training_slot_name)
 from ganpipe import tracking
 from ganpipe.io import read_json
 from ganpipe.params import load_params
@@ -49,13 +48,13 @@ def _result(name: str, overrides: dict, metrics: dict | None, run_id: str = "", 
 
 
 @task(name="dvc-exp-run", cache_policy=NO_CACHE, task_run_name="{name}")
-def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, base_params: str) -> dict:
+def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, lease_s: int, base_params: str) -> dict:
     """One candidate as a DVC experiment up to `evaluate`; its scores and MLflow run. params.yaml is
     first put back as it was before the sweep: `dvc exp run -S` leaves its values in the workspace,
     and a candidate must not inherit the previous one's."""
     layout(project_dir).params_path.write_text(base_params)
     try:
-        with concurrency(slot, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+        with holding_slot(slot, lease_s):
             _dvc(["exp", "run", "evaluate", "--name", name, *overrides_args(overrides)], project_dir)
     except StageFailed as exc:  # a candidate that diverges or collapses is a result, not the sweep's end
         print(f"candidate {name} {overrides} failed: {exc}")
@@ -112,7 +111,7 @@ def sweep(project_dir: str = "."):
         if params.sweep.jobs > 1:
             results = run_queued(root, named, params.sweep.jobs, params.base.experiment)
         else:
-            results = [run_candidate(root, name, c, slot, base_params) for name, c in named]
+            results = [run_candidate(root, name, c, slot, params.schedule.crashed_after_s, base_params) for name, c in named]
         metric = params.registry.primary_metric
         winner = best(results, metric)
     except BaseException:

@@ -113,8 +113,20 @@ def ensure_limit(name: str, slots: int = 1) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
 
 
+MIN_LEASE_S = 60  # the Prefect API refuses shorter concurrency leases
+
+
+def holding_slot(slot: str, lease_s: int):
+    """Hold the device's training slot. The lease is renewed while this process lives; when the machine
+    dies it expires after `lease_s` (schedule.crashed_after_s, the same silence after which the watchdog
+    marks the run Crashed; Prefect's shortest lease is 60 s), so a dead run blocks the device no longer
+    than that. A hiccup of the Prefect server renewing the lease must not kill hours of training."""
+    return concurrency(slot, occupy=1, strict=True, lease_duration=max(MIN_LEASE_S, lease_s),
+                       raise_on_lease_renewal_failure=False)
+
+
 @task(name="train", cache_policy=NO_CACHE, retry_condition_fn=_retry_if_crashed)
-def train_stage(project_dir: str, force: bool, slot: str) -> None:
+def train_stage(project_dir: str, force: bool, slot: str, lease_s: int) -> None:
     """`dvc repro --single-item train` holding the device's training slot. A retry (after the training
     process died) resumes from the newest snapshot in the same MLflow run; the dead attempt's MLflow run
     is marked FAILED first, so a crash never leaves it "running"."""
@@ -122,8 +134,7 @@ def train_stage(project_dir: str, force: bool, slot: str) -> None:
     env = {**_env(), **({RESUME_ENV: "1"} if resume else {})}
     if resume:
         print("retry: training resumes from its newest snapshot")
-    # a hiccup of the Prefect server renewing the slot's lease must not kill hours of training
-    with concurrency(slot, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+    with holding_slot(slot, lease_s):
         try:
             _repro("train", project_dir, force, env)
         except StageFailed as exc:
@@ -211,7 +222,8 @@ def training_pipeline(project_dir: str = ".", force: bool = False):
     ensure_limit(slot)
     for stage in STAGES:
         if stage == "train":
-            train_stage.with_options(retries=sp.train_retries, retry_delay_seconds=5)(root, force, slot)
+            train_stage.with_options(retries=sp.train_retries, retry_delay_seconds=5)(root, force, slot,
+                                                                                    sp.crashed_after_s)
         elif stage == "register":
             register_stage.with_options(**io)(root, force)
         else:

@@ -152,8 +152,10 @@ def cmd_rollback(args) -> None:
 
 def cmd_run(args) -> None:
     from flows.training_pipeline import training_pipeline
+    from ganpipe.watchdog import heartbeats
 
-    r = training_pipeline(project_dir=str(args.layout.root), force=args.force)
+    with heartbeats(_params(args).schedule):  # at the cadence the server's watchdog expects
+        r = training_pipeline(project_dir=str(args.layout.root), force=args.force)
     if r["skipped"]:
         print(f"skipped: {r['reason']}; champion: models:/{r['model_name']}@{r['alias']} = v{r['champion']} "
               "(`ganpipe run --force` retrains anyway)")
@@ -164,8 +166,10 @@ def cmd_run(args) -> None:
 
 def cmd_sweep(args) -> None:
     from flows.sweep import sweep
+    from ganpipe.watchdog import heartbeats
 
-    out = sweep(project_dir=str(args.layout.root))
+    with heartbeats(_params(args).schedule):
+        out = sweep(project_dir=str(args.layout.root))
     w, reg = out["winner"], out["registration"]
     state = "it is the new champion" if reg["promoted"] else f"champion stays v{reg['champion']}"
     print(f"sweep: best {w['name']} {w['overrides']}; registered v{reg['version']}: {state}")
@@ -216,6 +220,17 @@ def cmd_schedule(args) -> None:
         print(getattr(sp, args.print))
         return
     serve_nightly(sp, args.layout.root)
+
+
+def cmd_watchdog(args) -> None:
+    from ganpipe.schedule import api_url
+    from ganpipe.watchdog import AUTOMATION, ensure_automation
+
+    sp = _params(args).schedule
+    url = api_url()
+    automation_id = ensure_automation(sp)
+    print(f"automation '{AUTOMATION}' ({automation_id}) on {url}: ganpipe flow runs silent for "
+          f"{sp.crashed_after_s} s are marked Crashed; runs send heartbeats every {sp.heartbeat_s} s")
 
 
 def cmd_ui(args) -> None:
@@ -301,9 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(fn=cmd_server)
     sc = sub.add_parser("schedule", help="serve the nightly deployment (schedule.cron) to the Prefect server at "
                         "PREFECT_API_URL")
-    sc.add_argument("--print", choices=["deployment", "cron", "timezone"], default=None,
+    sc.add_argument("--print", choices=["deployment", "cron", "timezone", "heartbeat_s"], default=None,
                     help="print this schedule.* value and exit (prefect.yaml's build steps use it)")
     sc.set_defaults(fn=cmd_schedule)
+    wd = sub.add_parser("watchdog", help="create or update the Prefect automation that marks ganpipe flow runs "
+                        "silent for schedule.crashed_after_s Crashed (`schedule` does this itself)")
+    wd.set_defaults(fn=cmd_watchdog)
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(fn=cmd_ui)

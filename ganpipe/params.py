@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ganpipe.errors import ConfigError
 
@@ -175,6 +175,15 @@ class ScheduleParams(_Section):
     train_retries: int = Field(ge=0, le=20, description="retries of a crashed training task (each resumes)")
     io_retries: int = Field(ge=0, le=20, description="retries of DVC push and registry calls, backing off")
     webhook_url: str | None = Field(pattern=r"^https?://\S+$", description="POSTed a JSON note when a run fails")
+    heartbeat_s: int = Field(ge=30, le=3600, description="seconds between a running flow's heartbeats")
+    crashed_after_s: int = Field(ge=40, le=86400, description="a run silent this long is marked Crashed")
+
+    @model_validator(mode="after")
+    def _window_after_heartbeat(self) -> "ScheduleParams":
+        if self.crashed_after_s <= self.heartbeat_s:
+            raise ValueError(f"crashed_after_s ({self.crashed_after_s}) must exceed heartbeat_s ({self.heartbeat_s}): "
+                             "a live run would be marked Crashed between two heartbeats")
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -251,6 +260,8 @@ def _describe(err: dict, source: str) -> str:
         return f"{source}: missing key '{path}'"
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{path}' (allowed: {_allowed(Params, loc[:-1])})"
+    if isinstance(err.get("input"), dict):  # a check across a section's keys: the keys are in the message
+        return f"{source}: {path}: {err['msg'].removeprefix('Value error, ')}"
     return f"{source}: {path} = {err.get('input')!r}: {err['msg'].lower()}"
 
 

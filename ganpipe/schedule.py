@@ -3,7 +3,9 @@
 `serve(cron=...)` needs a real API server, not the temporary one Prefect starts for a single flow run
 (PrefectHQ/examples#18): `schedule` refuses to run without PREFECT_API_URL and says how to get one.
 Schedules stay active when the serving process stops (`pause_on_shutdown=False`, prefect#16363), so a
-restart of the process picks the same schedule up again.
+restart of the process picks the same schedule up again. Served runs send heartbeats, and the server's
+watchdog automation (ganpipe/watchdog.py) marks a run whose machine died Crashed instead of leaving it
+Running.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from ganpipe.errors import ConfigError
 from ganpipe.params import ScheduleParams
+from ganpipe.watchdog import ensure_automation, heartbeats
 
 FLOW = "training-pipeline"
 
@@ -52,7 +55,10 @@ def serve_nightly(sp: ScheduleParams, root: str | Path) -> None:
 
     url = api_url()
     schedule = cron_schedule(sp)
-    print(f"serving {FLOW}/{sp.deployment} on {url}: cron '{sp.cron}' ({sp.timezone}) for {Path(root).resolve()}",
-          flush=True)
-    training_pipeline.serve(name=sp.deployment, schedules=[schedule], parameters={"project_dir": str(Path(root).resolve())},
-                            pause_on_shutdown=False, print_starting_message=False)
+    ensure_automation(sp)
+    print(f"serving {FLOW}/{sp.deployment} on {url}: cron '{sp.cron}' ({sp.timezone}) for {Path(root).resolve()}; "
+          f"runs silent for {sp.crashed_after_s} s are marked Crashed", flush=True)
+    with heartbeats(sp):
+        training_pipeline.serve(name=sp.deployment, schedules=[schedule],
+                                parameters={"project_dir": str(Path(root).resolve())},
+                                pause_on_shutdown=False, print_starting_message=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 # MLflow limits one log_batch call to 1000 metrics.
 _BATCH = 1000
+DATASET_ATTEMPTS = 5
 
 
 def quiet_telemetry() -> None:
@@ -120,8 +122,19 @@ def log_dataset(prepared_dir: str | Path, manifest: dict, dvc_md5: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(str(Path(prepared_dir).resolve()))
     ds = MetaDataset(source, name=manifest["source"], digest=manifest["sha256"][:16])
-    mlflow.log_input(ds, context="training", tags={"sha256": manifest["sha256"], "dvc_md5": dvc_md5 or "unknown",
-                                                   "source": manifest["source"]})
+    tags = {"sha256": manifest["sha256"], "dvc_md5": dvc_md5 or "unknown", "source": manifest["source"]}
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            mlflow.log_input(ds, context="training", tags=tags)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            # MLflow inserts a dataset when it finds none: two trainings of the same data starting at once
+            # (a parallel sweep) race, and the loser's whole transaction is rolled back. Retried, it finds
+            # the winner's row and links to it.
+            msg = str(exc).lower()  # SQLite "unique constraint failed: datasets..", PostgreSQL "violates unique
+            if "unique constraint" not in msg or "datasets" not in msg or attempt == DATASET_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def describe_run(run_id: str, markdown: str) -> None:

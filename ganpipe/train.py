@@ -34,7 +34,7 @@ from ganpipe.metrics import is_better
 from ganpipe.models import generator_config, sample
 from ganpipe.params import Params
 from ganpipe.probes import Probe
-from ganpipe.snapshots import Snapshots, work_dir_of
+from ganpipe.snapshots import Snapshots, abandoned_run_id, work_dir_of
 from ganpipe.versioning import locked_hash
 
 SECTIONS = ("base", "model", "train")  # the params sections this stage reads ...
@@ -135,6 +135,11 @@ def _train(params: Params, prepared_dir: Path, out_dir: Path, root: Path, resume
             raise ConfigError(f"resume refused: params differ from {latest.name} ({'; '.join(diff)}); "
                               "use --force to resume with the new values, or train without --resume")
     elif world.main:
+        if (old_run := abandoned_run_id(snaps.path)) is not None:  # its process died and nobody resumed it
+            tracking.configure(root)
+            if tracking.fail_run_if_running(old_run, "abandoned: its training process died, and a later "
+                                                     "training started afresh instead of resuming"):
+                print(f"MLflow run {old_run} of an abandoned training marked FAILED")
         snaps.clear()  # a fresh run: stale snapshots of another run must not be resumed later
     world.barrier()
 

@@ -10,6 +10,7 @@ import sys
 
 import yaml
 
+from ganpipe.watchdog import AUTOMATION
 from tests.conftest import REPO, make_project, shipped_params
 
 
@@ -46,12 +47,18 @@ def test_work_pool_deployment_runs_through_a_worker(tmp_path, tiny_raw, prefect_
             (sched,) = dep.schedules
             assert (sched.schedule.cron, sched.schedule.timezone, sched.active) == ("0 2 * * *", "UTC", True)
             assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}]
+            sp = tiny_raw["schedule"]  # heartbeats and the watchdog automation, from params.yaml too
+            assert dep.job_variables == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(sp["heartbeat_s"])}}
+            (guard,) = client.read_automations_by_name(AUTOMATION)
+            assert guard.enabled and guard.trigger.within.total_seconds() == sp["crashed_after_s"]
 
             flow_run = run_deployment("training-pipeline/nightly", timeout=0)  # queued for the pool
             _prefect(["worker", "start", "--pool", "ganpipe", "--run-once"], project, env)
             state = client.read_flow_run(flow_run.id).state
         finally:  # the served deployment of test_schedule has the same name on the shared test server
             client.delete_deployment(dep.id)
+            for a in client.read_automations_by_name(AUTOMATION):
+                client.delete_automation(a.id)
     assert state.is_completed(), state
     assert (project / "reports" / "registration.json").exists()
     assert yaml.safe_load((project / "dvc.lock").read_text())["stages"].keys() >= {"train", "register"}

@@ -128,6 +128,24 @@ def test_resume_with_changed_params_refuses_naming_the_keys_unless_forced(tmp_pa
     assert "train.lr: 0.0002 -> 0.001" in tags["ganpipe.resumed_with_changes"]
 
 
+def test_a_fresh_training_marks_the_run_an_abandoned_one_left_running_failed(tmp_path):
+    from ganpipe.snapshots import Snapshots
+
+    p, lay = _project(tmp_path, train={**RESUME_TRAIN, "total_kimg": 1.6, "snapshot_kimg": 1.6})
+    train(p, lay.prepared_dir, lay.models_dir, lay.root)
+    ckpt = load_checkpoint(lay.root / "models" / "last.pt")
+    client = mlflow_client(lay.root)
+    # what a machine that died mid-training leaves: a snapshot and its MLflow run still RUNNING
+    dead = client.create_run(client.get_run(ckpt["mlflow_run_id"]).info.experiment_id).info.run_id
+    Snapshots(work_dir_of(lay.models_dir), 2).save({**{k: v for k, v in ckpt.items() if k != "format_version"},
+                                                    "mlflow_run_id": dead})
+    info = train(p, lay.prepared_dir, lay.models_dir, lay.root)  # not --resume: starts afresh
+    run = client.get_run(dead)
+    assert run.info.status == "FAILED" and "started afresh" in run.data.tags["ganpipe.failure"]
+    assert info["mlflow_run_id"] not in (dead, ckpt["mlflow_run_id"])
+    assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
+
+
 def _nan_after(monkeypatch, start: int, stop: int | None = None) -> None:
     """Make the discriminator loss NaN from its `start`-th call on (until `stop`)."""
     real_d_loss, calls = losses.d_loss, [0]

@@ -36,6 +36,21 @@ def test_bad_cron_and_time_zone_are_config_errors():
         ScheduleParams(**{**_nightly(), "timezone": "Mars/Olympus"})
 
 
+def test_flows_started_under_heartbeats_beat_at_the_params_cadence(monkeypatch):
+    from prefect.settings import get_current_settings
+
+    from ganpipe.watchdog import HEARTBEAT_ENV, heartbeats
+
+    monkeypatch.delenv(HEARTBEAT_ENV, raising=False)
+    sp = ScheduleParams(**{**_nightly(), "heartbeat_s": 45, "crashed_after_s": 100})
+    with heartbeats(sp):
+        assert get_current_settings().flows.heartbeat_frequency == 45  # flows run in this process
+        child = subprocess.run([sys.executable, "-c", "from prefect.settings import get_current_settings as s; "
+                                "print(s().flows.heartbeat_frequency)"], capture_output=True, text=True)
+        assert child.stdout.strip() == "45"  # served runs: child processes
+    assert HEARTBEAT_ENV not in os.environ and get_current_settings().flows.heartbeat_frequency != 45
+
+
 def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project, prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
@@ -88,3 +103,99 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
+        with get_client(sync_client=True) as client:
+            _forget_nightly(client)
+
+
+def _forget_nightly(client) -> None:
+    """Remove the served deployment and the watchdog automation from the shared test server (its other
+    flows send heartbeats at Prefect's default 180 s, longer than a test's short crash window)."""
+    from ganpipe.watchdog import AUTOMATION
+
+    for a in client.read_automations_by_name(AUTOMATION):
+        client.delete_automation(a.id)
+    try:
+        client.delete_deployment(client.read_deployment_by_name("training-pipeline/nightly").id)
+    except Exception:  # none there
+        pass
+
+
+def _wait(what: str, check, timeout_s: float, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"`ganpipe schedule` exited while waiting for {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout_s:.0f} s")
+        time.sleep(1)
+    return found
+
+
+def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, tiny_raw, prefect_harness):
+    """Runner, flow process and training all SIGKILLed at once (a lost machine): nothing is left to report,
+    so only the server-side automation can end the run, once its heartbeats stop. A run that ended
+    normally is left alone."""
+    import psutil
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from ganpipe.watchdog import AUTOMATION
+    from tests.conftest import make_project
+
+    with get_client(sync_client=True) as client:  # what earlier tests left on the shared server
+        _forget_nightly(client)
+    sp = {"heartbeat_s": 30, "crashed_after_s": 45}
+    raw = {**tiny_raw, "schedule": {**tiny_raw["schedule"], **sp}}
+    project = make_project(tmp_path / "project", raw)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    with get_client(sync_client=True) as client:
+        try:
+            def deployment():
+                try:
+                    return client.read_deployment_by_name("training-pipeline/nightly")
+                except Exception:
+                    return None
+
+            _wait("deployment", deployment, 120, proc)
+            (guard,) = client.read_automations_by_name(AUTOMATION)
+            assert guard.enabled and guard.trigger.within.total_seconds() == sp["crashed_after_s"]
+
+            finished = run_deployment("training-pipeline/nightly", timeout=600)
+            assert finished.state.is_completed(), finished.state
+
+            raw["train"]["total_kimg"] = 500.0  # minutes of training: it will be running when the machine dies
+            (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+            doomed = run_deployment("training-pipeline/nightly", timeout=0)
+
+            def training():
+                runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[doomed.id])))
+                return any(r.name.startswith("train") and r.state.is_running() for r in runs)
+
+            _wait("running training", training, 300, proc)
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            assert len(tree) >= 3, tree  # runner, flow run process, dvc, ganpipe train
+            for p in tree:
+                p.kill()
+            psutil.wait_procs(tree, timeout=30)
+            killed_at = time.monotonic()
+            assert client.read_flow_run(doomed.id).state.is_running()  # what a lost machine leaves
+
+            crashed = _wait("Crashed state", lambda: (s := client.read_flow_run(doomed.id).state).is_crashed() and s,
+                            sp["heartbeat_s"] + sp["crashed_after_s"] + 60)
+            assert "no heartbeat for 45 s" in crashed.message
+            assert time.monotonic() - killed_at > sp["crashed_after_s"] - sp["heartbeat_s"]  # not before it was due
+            assert client.read_flow_run(finished.id).state.is_completed()  # ended normally: left alone
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+            # the dead training's slot lease expires after crashed_after_s on a real server; the test
+            # harness runs no lease repossessor, so free the device for the tests that follow
+            from flows.training_pipeline import training_slot_name
+
+            client.delete_global_concurrency_limit_by_name(training_slot_name(tiny_raw["base"]["device"]))
+            _forget_nightly(client)

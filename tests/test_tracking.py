@@ -56,6 +56,42 @@ def test_a_writer_waits_for_a_locked_sqlite_store_instead_of_failing(tmp_path, m
         holder.wait(timeout=60)
 
 
+_SAME_DATA_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import mlflow
+from ganpipe import tracking
+root, go, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+tracking.configure(root)
+for i in range(rounds):
+    exp = tracking.experiment_id(f"sweep-{i}", root)
+    while time.time() < go + 0.4 * i:  # both processes log the same data to experiment i at one instant
+        time.sleep(0.0005)
+    with mlflow.start_run(experiment_id=exp):
+        tracking.log_dataset(root, {"source": "digits", "sha256": "ab" * 32}, "md5")
+"""
+
+
+def test_trainings_of_the_same_data_starting_at_once_both_log_it(tmp_path, monkeypatch):
+    # a parallel sweep: MLflow's insert-if-missing of the dataset races between the two processes
+    import time
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rounds = 8
+    tracking.configure(tmp_path)
+    for i in range(rounds):
+        tracking.experiment_id(f"sweep-{i}", tmp_path)  # the store and experiments exist before the race
+    go = time.time() + 6  # after both interpreters have imported MLflow
+    procs = [subprocess.Popen([sys.executable, "-c", _SAME_DATA_AT_ONCE, str(tmp_path), str(go), str(rounds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    client = MlflowClient()
+    runs = client.search_runs([tracking.experiment_id(f"sweep-{i}", tmp_path) for i in range(rounds)])
+    assert len(runs) == 2 * rounds
+    assert all([d.dataset.digest for d in r.inputs.dataset_inputs] == ["abababababababab"] for r in runs)
+
+
 def test_new_experiments_keep_artifacts_in_the_project(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking.configure(tmp_path)
