@@ -223,14 +223,17 @@ def cmd_schedule(args) -> None:
 
 
 def cmd_watchdog(args) -> None:
+    from ganpipe.notify import webhook_url
     from ganpipe.schedule import api_url
     from ganpipe.watchdog import AUTOMATION, ensure_automation
 
     sp = _params(args).schedule
     url = api_url()
-    automation_id = ensure_automation(sp)
+    hook = webhook_url(args.layout.root)
+    automation_id = ensure_automation(sp, hook)
     print(f"automation '{AUTOMATION}' ({automation_id}) on {url}: ganpipe flow runs silent for "
-          f"{sp.crashed_after_s} s are marked Crashed; runs send heartbeats every {sp.heartbeat_s} s")
+          f"{sp.crashed_after_s} s are marked Crashed{' and reported to the failure webhook' if hook else ''}; "
+          f"runs send heartbeats every {sp.heartbeat_s} s")
 
 
 def cmd_ui(args) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -131,36 +130,18 @@ def test_one_training_at_a_time_per_device(prefect_harness):
         assert client.read_global_concurrency_limit_by_name(name).limit == 2
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Hook.received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-def test_a_failed_run_posts_to_the_webhook(tmp_path, prefect_harness):
+def test_a_failed_run_posts_to_the_webhook(tmp_path, prefect_harness, webhook):
     from flows.training_pipeline import training_pipeline
 
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
-        raw = tiny_params_dict(data={"min_images": 100000}, schedule={"webhook_url": url})  # prepare must fail
-        project = make_project(tmp_path / "project", raw)
-        state = training_pipeline(project_dir=str(project), return_state=True)
-        assert state.is_failed()
-        deadline = time.monotonic() + 30
-        while not _Hook.received and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        server.shutdown()
-    (notice,) = _Hook.received
+    url, received = webhook
+    raw = tiny_params_dict(data={"min_images": 100000}, schedule={"webhook_url": url})  # prepare must fail
+    project = make_project(tmp_path / "project", raw)
+    state = training_pipeline(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    deadline = time.monotonic() + 30
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (notice,) = received
     assert notice["flow"] == "training-pipeline" and notice["state"] == "Failed"
     assert "stage 'prepare' failed" in notice["message"] and notice["text"].startswith("ganpipe: flow run")
     assert notice["project_dir"] == str(project)

@@ -131,10 +131,10 @@ def _wait(what: str, check, timeout_s: float, proc: subprocess.Popen | None = No
     return found
 
 
-def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, tiny_raw, prefect_harness):
+def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, tiny_raw, prefect_harness, webhook):
     """Runner, flow process and training all SIGKILLed at once (a lost machine): nothing is left to report,
-    so only the server-side automation can end the run, once its heartbeats stop. A run that ended
-    normally is left alone."""
+    so only the server-side automation can end the run, once its heartbeats stop, and post the failure
+    notice. A run that ended normally is left alone."""
     import psutil
     import yaml
     from prefect.client.orchestration import get_client
@@ -147,7 +147,8 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
 
     with get_client(sync_client=True) as client:  # what earlier tests left on the shared server
         _forget_nightly(client)
-    sp = {"heartbeat_s": 30, "crashed_after_s": 45}
+    url, received = webhook
+    sp = {"heartbeat_s": 30, "crashed_after_s": 45, "webhook_url": url}
     raw = {**tiny_raw, "schedule": {**tiny_raw["schedule"], **sp}}
     project = make_project(tmp_path / "project", raw)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
@@ -190,6 +191,11 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
             assert "no heartbeat for 45 s" in crashed.message
             assert time.monotonic() - killed_at > sp["crashed_after_s"] - sp["heartbeat_s"]  # not before it was due
             assert client.read_flow_run(finished.id).state.is_completed()  # ended normally: left alone
+            (notice,) = _wait("failure notice", lambda: received, 30)
+            assert notice == {"text": f"ganpipe: flow run training-pipeline/{doomed.name} crashed: {crashed.message}",
+                              "flow": "training-pipeline", "flow_run_name": doomed.name,
+                              "flow_run_id": str(doomed.id), "state": "Crashed", "message": crashed.message,
+                              "project_dir": str(project.resolve())}
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
