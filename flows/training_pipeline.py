@@ -113,14 +113,15 @@ def ensure_limit(name: str, slots: int = 1) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
 
 
-MIN_LEASE_S = 60  # the Prefect API refuses shorter concurrency leases
+MIN_LEASE_S = 300  # Prefect's default lease; renewed every 75 % of it, so a shorter one survives shorter server outages
 
 
 def holding_slot(slot: str, lease_s: int):
     """Hold the device's training slot. The lease is renewed while this process lives; when the machine
-    dies it expires after `lease_s` (schedule.crashed_after_s, the same silence after which the watchdog
-    marks the run Crashed; Prefect's shortest lease is 60 s), so a dead run blocks the device no longer
-    than that. A hiccup of the Prefect server renewing the lease must not kill hours of training."""
+    dies the server frees it after `lease_s` (schedule.crashed_after_s, the silence after which the
+    watchdog marks the run Crashed), but never sooner than Prefect's default 300 s: a shorter lease
+    would be lost during a brief outage of the Prefect server, and a second training could then take
+    a device that is still busy. A hiccup renewing the lease must not kill hours of training either."""
     return concurrency(slot, occupy=1, strict=True, lease_duration=max(MIN_LEASE_S, lease_s),
                        raise_on_lease_renewal_failure=False)
 

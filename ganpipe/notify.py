@@ -22,6 +22,7 @@ log = logging.getLogger("ganpipe.notify")
 
 def webhook_url(project_dir: str | Path | None) -> str | None:
     """The configured webhook: params.yaml's schedule.webhook_url, else $GANPIPE_WEBHOOK_URL."""
+    url = None
     if project_dir is not None:
         from ganpipe.params import load_params
         from ganpipe.paths import layout
@@ -30,9 +31,12 @@ def webhook_url(project_dir: str | Path | None) -> str | None:
             url = load_params(layout(project_dir).params_path).schedule.webhook_url
         except GanpipeError:
             url = None
-        if url:
-            return url
-    return os.environ.get(ENV) or None
+    return configured(url)
+
+
+def configured(params_url: str | None) -> str | None:
+    """`schedule.webhook_url` when set, else $GANPIPE_WEBHOOK_URL."""
+    return params_url or os.environ.get(ENV) or None
 
 
 def failure_notice(flow: str, run_name: str, run_id: str, state: str, message: str, project_dir: str | None) -> dict:

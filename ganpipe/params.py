@@ -176,13 +176,13 @@ class ScheduleParams(_Section):
     io_retries: int = Field(ge=0, le=20, description="retries of DVC push and registry calls, backing off")
     webhook_url: str | None = Field(pattern=r"^https?://\S+$", description="POSTed a JSON note when a run fails")
     heartbeat_s: int = Field(ge=30, le=3600, description="seconds between a running flow's heartbeats")
-    crashed_after_s: int = Field(ge=40, le=86400, description="a run silent this long is marked Crashed")
+    crashed_after_s: int = Field(ge=60, le=86400, description="a run silent this long is marked Crashed")
 
     @model_validator(mode="after")
     def _window_after_heartbeat(self) -> "ScheduleParams":
-        if self.crashed_after_s <= self.heartbeat_s:
-            raise ValueError(f"crashed_after_s ({self.crashed_after_s}) must exceed heartbeat_s ({self.heartbeat_s}): "
-                             "a live run would be marked Crashed between two heartbeats")
+        if self.crashed_after_s < 2 * self.heartbeat_s:  # one late or lost heartbeat must not crash a live run
+            raise ValueError(f"crashed_after_s ({self.crashed_after_s}) must be at least twice heartbeat_s "
+                             f"({self.heartbeat_s}): one late heartbeat would mark a live run Crashed")
         return self
 
     @field_validator("timezone")
@@ -229,17 +229,26 @@ class Params(_Section):
 
     def section_hash(self, *sections: str) -> str:
         """sha256 of the canonical JSON of the named sections (all when none are named)."""
-        names = sections or tuple(type(self).model_fields)
-        payload = {name: getattr(self, name).model_dump(mode="json") for name in names}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return dumped_hash(self.model_dump(mode="json"), *sections)
 
     def flat(self, *sections: str) -> dict[str, Any]:
         """`section.key -> value` for logging as MLflow params."""
-        out: dict[str, Any] = {}
-        for name in sections or tuple(type(self).model_fields):
-            for key, value in getattr(self, name).model_dump(mode="json").items():
-                out[f"{name}.{key}"] = value
-        return out
+        return dumped_flat(self.model_dump(mode="json"), *(sections or tuple(type(self).model_fields)))
+
+
+# Params stored in a checkpoint are compared and hashed as they were dumped, not re-validated: a
+# checkpoint from before a schema change (a key added since) must still resume with its differences
+# named, and still register.
+
+def dumped_hash(dumped: dict, *sections: str) -> str:
+    """`Params.section_hash` of params stored as `model_dump(mode="json")`."""
+    payload = {name: dumped.get(name) for name in sections or tuple(dumped)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def dumped_flat(dumped: dict, *sections: str) -> dict[str, Any]:
+    """`Params.flat` of params stored as `model_dump(mode="json")`."""
+    return {f"{name}.{key}": value for name in sections or tuple(dumped) for key, value in (dumped.get(name) or {}).items()}
 
 
 def _allowed(model: type[BaseModel], loc: tuple) -> str:
@@ -260,7 +269,7 @@ def _describe(err: dict, source: str) -> str:
         return f"{source}: missing key '{path}'"
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{path}' (allowed: {_allowed(Params, loc[:-1])})"
-    if isinstance(err.get("input"), dict):  # a check across a section's keys: the keys are in the message
+    if kind == "value_error" and len(loc) == 1:  # a check across a section's keys: they are in the message
         return f"{source}: {path}: {err['msg'].removeprefix('Value error, ')}"
     return f"{source}: {path} = {err.get('input')!r}: {err['msg'].lower()}"
 

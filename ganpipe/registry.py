@@ -35,7 +35,7 @@ from ganpipe.evaluate import generated_features, score_generator, scores_of
 from ganpipe.features import build_extractor
 from ganpipe.io import read_json, write_json
 from ganpipe.locking import registry_lock
-from ganpipe.params import EvalParams, RegistryParams, parse_params
+from ganpipe.params import EvalParams, RegistryParams, dumped_hash
 from ganpipe.paths import Layout
 from ganpipe.metrics import paired_difference
 from ganpipe.models import classes, latents
@@ -268,7 +268,6 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
     info = read_json(layout.run_info_path, "`ganpipe train`")
     metrics = read_json(layout.metrics_path, "`ganpipe evaluate`")
     ckpt = load_checkpoint(layout.checkpoint_path)
-    train_params = parse_params(ckpt["params"], "checkpoint params")
     candidate = {**scores_of(metrics), "fingerprint": metrics["fingerprint"], "protocol": metrics.get("protocol")}
     fp = metrics["fingerprint"]
 
@@ -299,7 +298,7 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
             version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name,
                                          info["data_sha256"])
         tags = {"data_sha256": info["data_sha256"], "data_source": info.get("data_source", ""),
-                "data_dvc_md5": info.get("data_dvc_md5", ""), "params_hash": train_params.section_hash(),
+                "data_dvc_md5": info.get("data_dvc_md5", ""), "params_hash": dumped_hash(ckpt["params"]),
                 "git_commit": info["git_commit"], "mlflow_run_id": info["mlflow_run_id"],
                 "eval.fingerprint": fp, **{f"metric.{k}": str(v) for k, v in scores_of(candidate).items()},
                 "gate.decision": "promoted" if decision.promote else "rejected", "gate.reason": decision.reason,

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ganpipe.errors import ConfigError
-from ganpipe.notify import webhook_url
+from ganpipe.notify import configured
 from ganpipe.params import ScheduleParams
 from ganpipe.watchdog import ensure_automation, heartbeats
 
@@ -56,7 +56,7 @@ def serve_nightly(sp: ScheduleParams, root: str | Path) -> None:
 
     url = api_url()
     schedule = cron_schedule(sp)
-    ensure_automation(sp, webhook_url(root))
+    ensure_automation(sp, configured(sp.webhook_url))
     print(f"serving {FLOW}/{sp.deployment} on {url}: cron '{sp.cron}' ({sp.timezone}) for {Path(root).resolve()}; "
           f"runs silent for {sp.crashed_after_s} s are marked Crashed", flush=True)
     with heartbeats(sp):

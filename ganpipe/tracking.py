@@ -131,8 +131,9 @@ def log_dataset(prepared_dir: str | Path, manifest: dict, dvc_md5: str) -> None:
             # MLflow inserts a dataset when it finds none: two trainings of the same data starting at once
             # (a parallel sweep) race, and the loser's whole transaction is rolled back. Retried, it finds
             # the winner's row and links to it.
-            msg = str(exc).lower()  # SQLite "unique constraint failed: datasets..", PostgreSQL "violates unique
-            if "unique constraint" not in msg or "datasets" not in msg or attempt == DATASET_ATTEMPTS - 1:
+            msg = str(exc).lower()  # SQLite/PostgreSQL: "unique constraint ... datasets"; MySQL: "duplicate entry"
+            lost_race = "datasets" in msg and ("unique constraint" in msg or "duplicate entry" in msg)
+            if not lost_race or attempt == DATASET_ATTEMPTS - 1:
                 raise
             time.sleep(0.1 * (attempt + 1))
 

@@ -32,7 +32,7 @@ from ganpipe.images import grid, save_png
 from ganpipe.io import atomic_dir, write_json
 from ganpipe.metrics import is_better
 from ganpipe.models import generator_config, sample
-from ganpipe.params import Params
+from ganpipe.params import Params, dumped_flat
 from ganpipe.probes import Probe
 from ganpipe.snapshots import Snapshots, abandoned_run_id, work_dir_of
 from ganpipe.versioning import locked_hash
@@ -72,7 +72,7 @@ def num_classes_of(manifest: dict, labels: np.ndarray) -> int:
 def resume_differences(saved: dict, params: Params, data_sha256: str) -> list[str]:
     """'key: old -> new' for every setting that differs between a checkpoint and the current run."""
     now = {**params.flat(*SECTIONS), "data.sha256": data_sha256}
-    then = {**Params.model_validate(saved["params"]).flat(*SECTIONS), "data.sha256": saved["data_sha256"]}
+    then = {**dumped_flat(saved["params"], *SECTIONS), "data.sha256": saved["data_sha256"]}
     return [f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(now.keys() | then.keys())
             if then.get(k) != now.get(k)]
 

@@ -201,3 +201,4 @@ def webhook():
         yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
     finally:
         server.shutdown()
+        server.server_close()

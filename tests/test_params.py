@@ -76,9 +76,9 @@ def test_out_of_range_says_what_is_allowed(section, key, value, allowed):
 
 def test_a_crash_window_shorter_than_a_heartbeat_is_refused_naming_both_keys():
     raw = shipped_params()
-    raw["schedule"].update(heartbeat_s=120, crashed_after_s=100)
-    assert _error(raw) == ("params.yaml: schedule: crashed_after_s (100) must exceed heartbeat_s (120): a live run "
-                           "would be marked Crashed between two heartbeats")
+    raw["schedule"].update(heartbeat_s=120, crashed_after_s=200)
+    assert _error(raw) == ("params.yaml: schedule: crashed_after_s (200) must be at least twice heartbeat_s (120): "
+                           "one late heartbeat would mark a live run Crashed")
 
 
 def test_unknown_metric_lists_the_valid_ones():

@@ -146,6 +146,25 @@ def test_a_fresh_training_marks_the_run_an_abandoned_one_left_running_failed(tmp
     assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
 
 
+def test_a_snapshot_from_before_a_params_schema_change_resumes_only_when_forced(tmp_path):
+    from ganpipe.snapshots import Snapshots
+
+    p, lay = _project(tmp_path, train={**RESUME_TRAIN, "total_kimg": 1.6, "snapshot_kimg": 1.6})
+    train(p, lay.prepared_dir, lay.models_dir, lay.root)
+    ckpt = load_checkpoint(lay.root / "models" / "last.pt")
+    old = {k: v for k, v in ckpt.items() if k != "format_version"}
+    del old["params"]["train"]["max_grad_norm"]  # a key added to the schema after this snapshot was taken
+    Snapshots(work_dir_of(lay.models_dir), 2).save(old)
+
+    refused = _ganpipe(lay, "train", "--resume")
+    out = refused.communicate(timeout=600)[0]
+    assert refused.returncode == 2 and len(out.strip().splitlines()) == 1, out
+    assert f"train.max_grad_norm: None -> {p.train.max_grad_norm!r}" in out
+    forced = _ganpipe(lay, "train", "--resume", "--force")
+    out = forced.communicate(timeout=600)[0]
+    assert forced.returncode == 0, out
+
+
 def _nan_after(monkeypatch, start: int, stop: int | None = None) -> None:
     """Make the discriminator loss NaN from its `start`-th call on (until `stop`)."""
     real_d_loss, calls = losses.d_loss, [0]

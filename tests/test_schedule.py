@@ -110,14 +110,46 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
 def _forget_nightly(client) -> None:
     """Remove the served deployment and the watchdog automation from the shared test server (its other
     flows send heartbeats at Prefect's default 180 s, longer than a test's short crash window)."""
-    from ganpipe.watchdog import AUTOMATION
+    from ganpipe.watchdog import AUTOMATION, NOTIFIER
 
-    for a in client.read_automations_by_name(AUTOMATION):
+    for a in [*client.read_automations_by_name(AUTOMATION), *client.read_automations_by_name(NOTIFIER)]:
         client.delete_automation(a.id)
     try:
         client.delete_deployment(client.read_deployment_by_name("training-pipeline/nightly").id)
     except Exception:  # none there
         pass
+
+
+def _training_in(root) -> bool:
+    import psutil
+
+    for p in root.children(recursive=True):
+        try:
+            if p.cmdline()[-1:] == ["train"]:  # ganpipe train, started by dvc repro
+                return True
+        except psutil.Error:
+            pass
+    return False
+
+
+def _kill_tree(root) -> list:
+    """SIGKILL `root` (a psutil.Process, or None) and every descendant, as a lost machine would; the
+    flow run process is in its own session, so a process-group kill would miss it."""
+    import psutil
+
+    if root is None:
+        return []
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    return tree
 
 
 def _wait(what: str, check, timeout_s: float, proc: subprocess.Popen | None = None):
@@ -142,13 +174,13 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    from ganpipe.watchdog import AUTOMATION
+    from ganpipe.watchdog import AUTOMATION, NOTIFIER
     from tests.conftest import make_project
 
     with get_client(sync_client=True) as client:  # what earlier tests left on the shared server
         _forget_nightly(client)
     url, received = webhook
-    sp = {"heartbeat_s": 30, "crashed_after_s": 45, "webhook_url": url}
+    sp = {"heartbeat_s": 30, "crashed_after_s": 60, "webhook_url": url}
     raw = {**tiny_raw, "schedule": {**tiny_raw["schedule"], **sp}}
     project = make_project(tmp_path / "project", raw)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
@@ -165,6 +197,7 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
             _wait("deployment", deployment, 120, proc)
             (guard,) = client.read_automations_by_name(AUTOMATION)
             assert guard.enabled and guard.trigger.within.total_seconds() == sp["crashed_after_s"]
+            assert [a.enabled for a in client.read_automations_by_name(NOTIFIER)] == [True]
 
             finished = run_deployment("training-pipeline/nightly", timeout=600)
             assert finished.state.is_completed(), finished.state
@@ -178,17 +211,16 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
                 return any(r.name.startswith("train") and r.state.is_running() for r in runs)
 
             _wait("running training", training, 300, proc)
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            assert len(tree) >= 3, tree  # runner, flow run process, dvc, ganpipe train
-            for p in tree:
-                p.kill()
-            psutil.wait_procs(tree, timeout=30)
+            root = psutil.Process(proc.pid)
+            _wait("ganpipe train process", lambda: _training_in(root), 120, proc)
+            tree = _kill_tree(root)
+            assert len(tree) >= 4, tree  # runner, flow run process, dvc, ganpipe train
             killed_at = time.monotonic()
             assert client.read_flow_run(doomed.id).state.is_running()  # what a lost machine leaves
 
             crashed = _wait("Crashed state", lambda: (s := client.read_flow_run(doomed.id).state).is_crashed() and s,
                             sp["heartbeat_s"] + sp["crashed_after_s"] + 60)
-            assert "no heartbeat for 45 s" in crashed.message
+            assert "no heartbeat for 60 s" in crashed.message
             assert time.monotonic() - killed_at > sp["crashed_after_s"] - sp["heartbeat_s"]  # not before it was due
             assert client.read_flow_run(finished.id).state.is_completed()  # ended normally: left alone
             (notice,) = _wait("failure notice", lambda: received, 30)
@@ -196,9 +228,10 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
                               "flow": "training-pipeline", "flow_run_name": doomed.name,
                               "flow_run_id": str(doomed.id), "state": "Crashed", "message": crashed.message,
                               "project_dir": str(project.resolve())}
+            time.sleep(5)
+            assert len(received) == 1  # the finished run was not reported
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
+            _kill_tree(psutil.Process(proc.pid) if proc.poll() is None else None)
             # the dead training's slot lease expires after crashed_after_s on a real server; the test
             # harness runs no lease repossessor, so free the device for the tests that follow
             from flows.training_pipeline import training_slot_name

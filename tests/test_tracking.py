@@ -84,12 +84,46 @@ def test_trainings_of_the_same_data_starting_at_once_both_log_it(tmp_path, monke
     go = time.time() + 6  # after both interpreters have imported MLflow
     procs = [subprocess.Popen([sys.executable, "-c", _SAME_DATA_AT_ONCE, str(tmp_path), str(go), str(rounds)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     assert [p.returncode for p in procs] == [0, 0], outs
     client = MlflowClient()
     runs = client.search_runs([tracking.experiment_id(f"sweep-{i}", tmp_path) for i in range(rounds)])
     assert len(runs) == 2 * rounds
     assert all([d.dataset.digest for d in r.inputs.dataset_inputs] == ["abababababababab"] for r in runs)
+
+
+def test_a_lost_dataset_insert_race_is_retried_and_other_errors_are_not(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure(tmp_path)
+    real, calls = mlflow.log_input, []
+
+    def racing(*args, **kwargs):  # the other process inserted the same dataset first, once
+        calls.append(1)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                                    "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    with mlflow.start_run(experiment_id=tracking.experiment_id("demo", tmp_path)) as run:
+        tracking.log_dataset(tmp_path, {"source": "digits", "sha256": "cd" * 32}, "md5")
+    assert len(calls) == 2
+    assert [d.dataset.digest for d in MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs] == ["cdcdcdcdcdcdcdcd"]
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise mlflow.exceptions.MlflowException("UNIQUE constraint failed: runs.run_uuid")
+
+    monkeypatch.setattr(mlflow, "log_input", broken)
+    calls.clear()
+    with mlflow.start_run(experiment_id=tracking.experiment_id("demo", tmp_path)):
+        with pytest.raises(mlflow.exceptions.MlflowException, match="runs.run_uuid"):
+            tracking.log_dataset(tmp_path, {"source": "digits", "sha256": "cd" * 32}, "md5")
+    assert len(calls) == 1  # not a dataset race: raised at once
 
 
 def test_new_experiments_keep_artifacts_in_the_project(tmp_path, monkeypatch):
