@@ -27,11 +27,6 @@ HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 MESSAGE = "no heartbeat for {s} s: the process running this flow died (machine lost, container evicted, or killed with its runner)"
 
 
-def heartbeat_env(sp: ScheduleParams) -> dict[str, str]:
-    """The environment that makes flow runs started from here send heartbeats at `sp.heartbeat_s`."""
-    return {HEARTBEAT_ENV: str(sp.heartbeat_s)}
-
-
 @contextmanager
 def heartbeats(sp: ScheduleParams) -> Iterator[None]:
     """Flow runs started inside (in this process, or served runs in its children) send heartbeats every
@@ -40,7 +35,7 @@ def heartbeats(sp: ScheduleParams) -> Iterator[None]:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     saved = os.environ.get(HEARTBEAT_ENV)
-    os.environ.update(heartbeat_env(sp))
+    os.environ[HEARTBEAT_ENV] = str(sp.heartbeat_s)
     try:
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: sp.heartbeat_s}):
             yield

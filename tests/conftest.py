@@ -202,3 +202,24 @@ def webhook():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def nightly_deployment(client):
+    """Deployment training-pipeline/nightly on the test server, or None."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name("training-pipeline/nightly")
+    except ObjectNotFound:
+        return None
+
+
+def forget_nightly(client) -> None:
+    """Remove deployment training-pipeline/nightly and the watchdog's automations from the shared test
+    server: its other flows send heartbeats at Prefect's default 180 s, longer than a test's crash window."""
+    from ganpipe.watchdog import AUTOMATION, NOTIFIER
+
+    for a in [*client.read_automations_by_name(AUTOMATION), *client.read_automations_by_name(NOTIFIER)]:
+        client.delete_automation(a.id)
+    if (dep := nightly_deployment(client)) is not None:
+        client.delete_deployment(dep.id)

@@ -11,7 +11,7 @@ import sys
 import yaml
 
 from ganpipe.watchdog import AUTOMATION
-from tests.conftest import REPO, make_project, shipped_params
+from tests.conftest import REPO, forget_nightly, make_project, shipped_params
 
 
 def test_prefect_yaml_agrees_with_params():
@@ -56,9 +56,7 @@ def test_work_pool_deployment_runs_through_a_worker(tmp_path, tiny_raw, prefect_
             _prefect(["worker", "start", "--pool", "ganpipe", "--run-once"], project, env)
             state = client.read_flow_run(flow_run.id).state
         finally:  # the served deployment of test_schedule has the same name on the shared test server
-            client.delete_deployment(dep.id)
-            for a in client.read_automations_by_name(AUTOMATION):
-                client.delete_automation(a.id)
+            forget_nightly(client)
     assert state.is_completed(), state
     assert (project / "reports" / "registration.json").exists()
     assert yaml.safe_load((project / "dvc.lock").read_text())["stages"].keys() >= {"train", "register"}

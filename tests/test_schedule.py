@@ -12,6 +12,7 @@ import pytest
 
 from ganpipe.errors import ConfigError
 from ganpipe.params import ScheduleParams
+from tests.conftest import forget_nightly, make_project, nightly_deployment
 
 
 def test_schedule_without_a_server_is_one_clear_error(project, monkeypatch):
@@ -64,15 +65,8 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
     proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deployment, deadline = None, time.monotonic() + 120
         with get_client(sync_client=True) as client:
-            while deployment is None:
-                try:
-                    deployment = client.read_deployment_by_name("training-pipeline/nightly")
-                except Exception:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"no deployment appeared:\n{proc.stdout.read()[-3000:] if proc.poll() is not None else ''}")
-                    time.sleep(1)
+            deployment = _wait("deployment", lambda: nightly_deployment(client), 120, proc)
             (sched,) = deployment.schedules
             assert sched.schedule.cron == "0 2 * * *" and sched.schedule.timezone == "UTC" and sched.active
             assert deployment.parameters == {"project_dir": str(project.resolve())}
@@ -104,20 +98,7 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
         with get_client(sync_client=True) as client:
-            _forget_nightly(client)
-
-
-def _forget_nightly(client) -> None:
-    """Remove the served deployment and the watchdog automation from the shared test server (its other
-    flows send heartbeats at Prefect's default 180 s, longer than a test's short crash window)."""
-    from ganpipe.watchdog import AUTOMATION, NOTIFIER
-
-    for a in [*client.read_automations_by_name(AUTOMATION), *client.read_automations_by_name(NOTIFIER)]:
-        client.delete_automation(a.id)
-    try:
-        client.delete_deployment(client.read_deployment_by_name("training-pipeline/nightly").id)
-    except Exception:  # none there
-        pass
+            forget_nightly(client)
 
 
 def _training_in(root) -> bool:
@@ -175,10 +156,9 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
     from prefect.settings import PREFECT_API_URL
 
     from ganpipe.watchdog import AUTOMATION, NOTIFIER
-    from tests.conftest import make_project
 
     with get_client(sync_client=True) as client:  # what earlier tests left on the shared server
-        _forget_nightly(client)
+        forget_nightly(client)
     url, received = webhook
     sp = {"heartbeat_s": 30, "crashed_after_s": 60, "webhook_url": url}
     raw = {**tiny_raw, "schedule": {**tiny_raw["schedule"], **sp}}
@@ -188,13 +168,7 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     with get_client(sync_client=True) as client:
         try:
-            def deployment():
-                try:
-                    return client.read_deployment_by_name("training-pipeline/nightly")
-                except Exception:
-                    return None
-
-            _wait("deployment", deployment, 120, proc)
+            _wait("deployment", lambda: nightly_deployment(client), 120, proc)
             (guard,) = client.read_automations_by_name(AUTOMATION)
             assert guard.enabled and guard.trigger.within.total_seconds() == sp["crashed_after_s"]
             assert [a.enabled for a in client.read_automations_by_name(NOTIFIER)] == [True]
@@ -237,4 +211,4 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
             from flows.training_pipeline import training_slot_name
 
             client.delete_global_concurrency_limit_by_name(training_slot_name(tiny_raw["base"]["device"]))
-            _forget_nightly(client)
+            forget_nightly(client)
