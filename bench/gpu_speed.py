@@ -20,9 +20,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ganpipe.engine import Engine  # noqa: E402
-from ganpipe.models import generator_config  # noqa: E402
-from ganpipe.params import parse_params  # noqa: E402
+from ganpipe.core.params import parse_params  # noqa: E402
+from ganpipe.nets.models import generator_config  # noqa: E402
+from ganpipe.training.engine import Engine  # noqa: E402
 
 CONFIGS = {  # name: (arch, resolution, width, batch, loss)
     "dcgan-64": ("dcgan", 64, 64, 256, "nonsaturating"),
@@ -51,7 +51,8 @@ def engine_for(name: str, precision: str, compile_: bool, device: torch.device, 
 
 def measure(e: Engine, batch: int, res: int, device: torch.device, warmup: int, steps: int) -> dict:
     real = (torch.rand(batch, 3, res, res, device=device) * 2 - 1).contiguous(
-        memory_format=torch.channels_last if e.channels_last else torch.contiguous_format)
+        memory_format=torch.channels_last if e.channels_last else torch.contiguous_format
+    )
     batches = [(real, None)]
     for _ in range(warmup):
         e.step(batches)
@@ -71,8 +72,11 @@ def measure(e: Engine, batch: int, res: int, device: torch.device, warmup: int, 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     assert not e.bad.item(), "non-finite loss during the benchmark"
-    return {"images_per_second": round(batch * steps / seconds, 1), "flops_per_step": flops,
-            "tflops_per_second": round(flops * steps / seconds / 1e12, 2)}
+    return {
+        "images_per_second": round(batch * steps / seconds, 1),
+        "flops_per_step": flops,
+        "tflops_per_second": round(flops * steps / seconds / 1e12, 2),
+    }
 
 
 def main() -> None:
@@ -94,18 +98,30 @@ def main() -> None:
             if compile_ and device.type != "cuda":
                 continue
             e, batch = engine_for(name, precision, compile_, device, args.smoke)
-            r = measure(e, batch, CONFIGS[name][1], device, 2 if args.smoke else args.warmup,
-                        3 if args.smoke else args.steps)
-            r.update(config=name, precision=precision, compile=compile_, batch=batch,
-                     peak_fraction=round(r["tflops_per_second"] / args.peak_tflops, 4))
+            r = measure(
+                e, batch, CONFIGS[name][1], device, 2 if args.smoke else args.warmup, 3 if args.smoke else args.steps
+            )
+            r.update(
+                config=name,
+                precision=precision,
+                compile=compile_,
+                batch=batch,
+                peak_fraction=round(r["tflops_per_second"] / args.peak_tflops, 4),
+            )
             print(json.dumps(r), flush=True)
             rows.append(r)
             del e
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    result = {"benchmark": "gpu_speed", "date": date.today().isoformat(), "device":
-              torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "peak_tflops_bf16": args.peak_tflops, "smoke": args.smoke, "rows": rows}
+    result = {
+        "benchmark": "gpu_speed",
+        "date": date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "peak_tflops_bf16": args.peak_tflops,
+        "smoke": args.smoke,
+        "rows": rows,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "smoke" if args.smoke else device.type

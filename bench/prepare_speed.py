@@ -88,8 +88,12 @@ def run_prepare(project: Path, data: dict) -> tuple[float, int, int, dict]:
     project.mkdir(parents=True, exist_ok=True)
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(project), "prepare"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganpipe", "-C", str(project), "prepare"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     peak, peak_main, done = 0, 0, threading.Event()
 
     def sample():
@@ -123,22 +127,38 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ganpipe-bench-"))
-    result = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "python": platform.python_version()}
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+    }
     try:
         t = time.perf_counter()
         make_jpegs(work / "jpegs", args.images, 256)
         print(f"made {args.images} 256x256 JPEGs in {time.perf_counter() - t:.0f}s", flush=True)
-        common = {"source": "imagefolder", "path": str(work / "jpegs"), "labels": "none", "resolution": 64,
-                  "channels": 3, "min_images": 2}
+        common = {
+            "source": "imagefolder",
+            "path": str(work / "jpegs"),
+            "labels": "none",
+            "resolution": 64,
+            "channels": 3,
+            "min_images": 2,
+        }
         ours, _, _, m = run_prepare(work / "p1", common)
         plain = plain_loop(work / "jpegs", 64, work / "plain.npy")
         ours2, _, _, _ = run_prepare(work / "p2", common)  # twice, around the reference: page cache fair
         best = min(ours, ours2)
-        result["speed"] = {"images": args.images, "source": "256x256 JPEG q90", "target": "64x64 RGB",
-                           "ganpipe_prepare_s": round(best, 2), "ganpipe_runs_s": [round(ours, 2), round(ours2, 2)],
-                           "plain_pillow_loop_s": round(plain, 2), "ratio": round(plain / best, 2),
-                           "ganpipe_images_per_s": round(args.images / best), "prepared": m["counts"]}
+        result["speed"] = {
+            "images": args.images,
+            "source": "256x256 JPEG q90",
+            "target": "64x64 RGB",
+            "ganpipe_prepare_s": round(best, 2),
+            "ganpipe_runs_s": [round(ours, 2), round(ours2, 2)],
+            "plain_pillow_loop_s": round(plain, 2),
+            "ratio": round(plain / best, 2),
+            "ganpipe_images_per_s": round(args.images / best),
+            "prepared": m["counts"],
+        }
         print(json.dumps(result["speed"]), flush=True)
         shutil.rmtree(work / "jpegs")
 
@@ -146,9 +166,12 @@ def main() -> None:
         for n in (args.memory_images // 10, args.memory_images):
             make_jpegs(work / f"small{n}", n, 64, seed=1)
             seconds, peak, peak_main, m = run_prepare(work / f"m{n}", {**common, "path": str(work / f"small{n}")})
-            mem[str(n)] = {"seconds": round(seconds, 1), "peak_tree_rss_mib": round(peak / 2 ** 20),
-                           "peak_main_rss_mib": round(peak_main / 2 ** 20),
-                           "shards": len(m["shards"]["train"]["files"]) + len(m["shards"]["test"]["files"])}
+            mem[str(n)] = {
+                "seconds": round(seconds, 1),
+                "peak_tree_rss_mib": round(peak / 2**20),
+                "peak_main_rss_mib": round(peak_main / 2**20),
+                "shards": len(m["shards"]["train"]["files"]) + len(m["shards"]["test"]["files"]),
+            }
             print(n, json.dumps(mem[str(n)]), flush=True)
             shutil.rmtree(work / f"small{n}")
         result["memory"] = {"image_size": "64x64 JPEG -> 64x64 RGB", **mem}

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ganpipe.data import load_split, prepare  # noqa: E402
-from ganpipe.device import resolve_device  # noqa: E402
-from ganpipe.models import build_discriminator, build_generator, generator_config  # noqa: E402
-from ganpipe.params import parse_params  # noqa: E402
-from ganpipe.paths import layout  # noqa: E402
-from ganpipe.train import train  # noqa: E402
+from ganpipe.core.device import resolve_device  # noqa: E402
+from ganpipe.core.params import parse_params  # noqa: E402
+from ganpipe.core.paths import layout  # noqa: E402
+from ganpipe.data.prepare import load_split, prepare  # noqa: E402
+from ganpipe.nets.models import build_discriminator, build_generator, generator_config  # noqa: E402
+from ganpipe.training.loop import train  # noqa: E402
 
 
 def shipped_params() -> dict:
@@ -49,9 +49,19 @@ def bench_params(kimg: float, device: str) -> dict:
     raw["base"]["device"] = device
     raw["data"].update(resolution=32, channels=3)
     raw["model"].update(arch="dcgan", g_channels=64, d_channels=64, conditional=False)
-    raw["train"].update(loss="nonsaturating", batch_size=64, total_kimg=kimg, snapshot_kimg=kimg / 2, d_steps=1,
-                        augment=False, r1_gamma=0.0, precision="fp32", compile=False,
-                        snapshot_extractor="tiny", snapshot_kid_images=128)
+    raw["train"].update(
+        loss="nonsaturating",
+        batch_size=64,
+        total_kimg=kimg,
+        snapshot_kimg=kimg / 2,
+        d_steps=1,
+        augment=False,
+        r1_gamma=0.0,
+        precision="fp32",
+        compile=False,
+        snapshot_extractor="tiny",
+        snapshot_kid_images=128,
+    )
     return raw
 
 
@@ -73,7 +83,7 @@ def plain_loop(images: np.ndarray, p, device: torch.device, kimg: float) -> floa
     while nimg < total:
         if pos + bs > len(perm):
             perm, pos = torch.randperm(len(x_all), device=device), 0
-        real = x_all[perm[pos:pos + bs]].float().div_(127.5).sub_(1.0)
+        real = x_all[perm[pos : pos + bs]].float().div_(127.5).sub_(1.0)
         pos += bs
         netD.zero_grad()
         errD_real = F.binary_cross_entropy_with_logits(netD(real), ones)
@@ -115,12 +125,23 @@ def main() -> None:
             plain.append(plain_loop(images, p, device, args.kimg))
             print(f"repeat {i + 1}: ganpipe {ours[-1]:.0f} img/s, plain loop {plain[-1]:.0f} img/s", flush=True)
     ratio = float(np.median(ours) / np.median(plain))
-    result = {"benchmark": "train_speed", "date": date.today().isoformat(), "device": str(device),
-              "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "kimg": args.kimg, "batch_size": 64, "resolution": 32,
-              "model": "dcgan g64 d64, 3 channels", "repeats": args.repeats,
-              "ganpipe_images_per_second": ours, "plain_images_per_second": plain,
-              "median_ratio": round(ratio, 3), "target_ratio": 0.95}
+    result = {
+        "benchmark": "train_speed",
+        "date": date.today().isoformat(),
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "kimg": args.kimg,
+        "batch_size": 64,
+        "resolution": 32,
+        "model": "dcgan g64 d64, 3 channels",
+        "repeats": args.repeats,
+        "ganpipe_images_per_second": ours,
+        "plain_images_per_second": plain,
+        "median_ratio": round(ratio, 3),
+        "target_ratio": 0.95,
+    }
     print(json.dumps(result, indent=2))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

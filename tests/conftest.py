@@ -24,13 +24,27 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = {
     "data": {"resolution": 16},
     "model": {"z_dim": 16, "g_channels": 8, "d_channels": 8},
-    "train": {"batch_size": 32, "total_kimg": 0.256, "snapshot_kimg": 0.128, "log_every_steps": 2,
-              "grid_size": 16, "snapshot_kid_images": 32, "snapshot_extractor": "tiny",
-              "collapse_after_kimg": 1.0,  # a 0.256-kimg G is still near-constant
-              "augment": False,  # DiffAugment pays off over many kimg; test_engine covers it
-              "ema_rampup": None},  # 8 steps: without ramp-up G_ema stays near the (diverse) initial G
-    "eval": {"extractor": "tiny", "num_real": 120, "num_fake": 100, "batch_size": 40, "kid_subset_size": 50,
-             "kid_subsets": 5, "bootstrap": 20},
+    "train": {
+        "batch_size": 32,
+        "total_kimg": 0.256,
+        "snapshot_kimg": 0.128,
+        "log_every_steps": 2,
+        "grid_size": 16,
+        "snapshot_kid_images": 32,
+        "snapshot_extractor": "tiny",
+        "collapse_after_kimg": 1.0,  # a 0.256-kimg G is still near-constant
+        "augment": False,  # DiffAugment pays off over many kimg; test_engine covers it
+        "ema_rampup": None,
+    },  # 8 steps: without ramp-up G_ema stays near the (diverse) initial G
+    "eval": {
+        "extractor": "tiny",
+        "num_real": 120,
+        "num_fake": 100,
+        "batch_size": 40,
+        "kid_subset_size": 50,
+        "kid_subsets": 5,
+        "bootstrap": 20,
+    },
 }
 
 
@@ -52,8 +66,12 @@ def _quiet_env(tmp_path_factory):
     # A private cache (reference statistics, generated features): runs do not see each other's entries.
     os.environ["GANPIPE_CACHE_DIR"] = str(tmp_path_factory.mktemp("ganpipe-cache"))
     os.environ["GANPIPE_DVC_REMOTE"] = str(tmp_path_factory.mktemp("dvc-remote"))  # where flows push data
-    os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1",
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    os.environ.update(
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="1",
+        DVC_NO_ANALYTICS="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     # Stage commands run as `ganpipe ...` from DVC: resolve them in this interpreter's environment.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
@@ -67,7 +85,7 @@ def tiny_raw() -> dict:
 
 @pytest.fixture
 def tiny(tiny_raw):
-    from ganpipe.params import parse_params
+    from ganpipe.core.params import parse_params
 
     return parse_params(tiny_raw)
 
@@ -130,7 +148,7 @@ def mlflow_client(root: Path):
     """A client on a project's store that leaves MLflow's global tracking URI alone."""
     from mlflow.tracking import MlflowClient
 
-    from ganpipe.tracking import tracking_uri
+    from ganpipe.core.tracking import tracking_uri
 
     uri = tracking_uri(root)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -143,12 +161,12 @@ def last_conv_key(state: dict) -> str:
 
 def build_trained(root: Path, **section_overrides: dict):
     """Prepare, reference statistics and a tiny training run in-process; returns (params, layout)."""
-    from ganpipe.data import prepare
-    from ganpipe.features import build_extractor
-    from ganpipe.params import parse_params
-    from ganpipe.paths import layout
-    from ganpipe.refstats import compute_ref_stats
-    from ganpipe.train import train
+    from ganpipe.core.params import parse_params
+    from ganpipe.core.paths import layout
+    from ganpipe.data.prepare import prepare
+    from ganpipe.evaluation.features import build_extractor
+    from ganpipe.evaluation.refstats import compute_ref_stats
+    from ganpipe.training.loop import train
 
     raw = tiny_params_dict(**section_overrides)
     p = parse_params(raw)
@@ -156,8 +174,7 @@ def build_trained(root: Path, **section_overrides: dict):
     lay.root.mkdir(parents=True, exist_ok=True)
     lay.params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     prepare(p.data, lay.prepared_dir)
-    compute_ref_stats(build_extractor(p.eval), p.eval.num_real, p.eval.batch_size, lay.prepared_dir,
-                      lay.ref_stats_path)
+    compute_ref_stats(build_extractor(p.eval), p.eval.num_real, p.eval.batch_size, lay.prepared_dir, lay.ref_stats_path)
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
     return p, lay
 
@@ -217,7 +234,7 @@ def nightly_deployment(client):
 def forget_nightly(client) -> None:
     """Remove deployment training-pipeline/nightly and the watchdog's automations from the shared test
     server: its other flows send heartbeats at Prefect's default 180 s, longer than a test's crash window."""
-    from ganpipe.watchdog import AUTOMATION, NOTIFIER
+    from ganpipe.orchestration.watchdog import AUTOMATION, NOTIFIER
 
     for a in [*client.read_automations_by_name(AUTOMATION), *client.read_automations_by_name(NOTIFIER)]:
         client.delete_automation(a.id)

@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-from ganpipe.checkpoint import load_checkpoint, save_checkpoint
-from ganpipe.evaluate import evaluate
-from ganpipe.registry import PromotionCheckFailed, history, promote, register, rollback
+from ganpipe.evaluation.evaluate import evaluate
+from ganpipe.nets.checkpoint import load_checkpoint, save_checkpoint
+from ganpipe.registry.aliases import PromotionCheckFailed, history, promote, rollback
+from ganpipe.registry.register import register
 from tests.conftest import last_conv_key, mlflow_client
 
 
@@ -25,8 +26,8 @@ def test_history_promote_rollback_and_post_promotion_check(trained_project):
     client = mlflow_client(lay.root)
     champion = lambda: str(client.get_model_version_by_alias(name, alias).version)  # noqa: E731
 
-    assert _evaluate_and_register(p, lay)["promoted"]                 # v1: first version
-    assert not _evaluate_and_register(p, lay)["promoted"]             # v2: same weights, a tie
+    assert _evaluate_and_register(p, lay)["promoted"]  # v1: first version
+    assert not _evaluate_and_register(p, lay)["promoted"]  # v2: same weights, a tie
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
 
     promote(client, name, alias, "2", "ops: v2 was tested by hand")
@@ -59,20 +60,24 @@ def test_history_promote_rollback_and_post_promotion_check(trained_project):
         assert champion() == "1"
         assert history(client, name)[-1]["via"] == "post-promotion check"
 
-        proc = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "promote", "--version", "3",
-                               "--reason", "again"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "promote", "--version", "3", "--reason", "again"],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and "post-promotion check" in proc.stderr and "Traceback" not in proc.stderr
         assert champion() == "1"
     finally:
         lay.checkpoint_path.write_bytes(original)
 
-    shown = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "history"],
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "history"], capture_output=True, text=True, check=True
+    ).stdout
     assert "v1 -> v2" in shown and "via rollback: v2 misbehaved" in shown and "v3  rejected" in shown
     assert "aliases=champion" in shown and "aliases=challenger" in shown
     # rollback skips the revert of the failed promotion and goes to the champion before v1's return
     assert rollback(client, name, alias, "back to v2")["to"] == "2"
-    rollback(client, name, alias, "and back")   # v2 came from v1 (manual promotion)
+    rollback(client, name, alias, "and back")  # v2 came from v1 (manual promotion)
     assert champion() == "1"
     # the very first champion has nothing before it
     fresh = [m for m in history(client, name) if m["alias"] == alias]

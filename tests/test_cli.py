@@ -21,9 +21,13 @@ def test_help_lists_every_stage_and_command():
 def test_ui_serves_the_project_store_on_loopback(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(tmp_path), "ui", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganpipe", "-C", str(tmp_path), "ui", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline, status = time.time() + 90, None
         while time.time() < deadline and proc.poll() is None:

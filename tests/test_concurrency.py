@@ -7,19 +7,17 @@ import os
 import subprocess
 import sys
 
-import torch
-
-from ganpipe.checkpoint import load_checkpoint, save_checkpoint
-from ganpipe.evaluate import evaluate
-from ganpipe.registry import history
+from ganpipe.evaluation.evaluate import evaluate
+from ganpipe.nets.checkpoint import load_checkpoint, save_checkpoint
+from ganpipe.registry.aliases import history
 from tests.conftest import build_trained, last_conv_key, mlflow_client
 
 
 def test_two_registrations_at_once_leave_the_better_model_as_the_only_champion(tmp_path, monkeypatch):
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared)   # both projects track into one store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared)  # both projects track into one store
     (pa, la), (pb, lb) = build_trained(tmp_path / "a"), build_trained(tmp_path / "b")
-    ckpt = load_checkpoint(lb.checkpoint_path)        # b: the same model with its output layer damped
+    ckpt = load_checkpoint(lb.checkpoint_path)  # b: the same model with its output layer damped
     key = last_conv_key(ckpt["G_ema"])
     ckpt["G_ema"][key] = ckpt["G_ema"][key] * 0.02  # low-contrast images (the tanh output saturates)
     save_checkpoint(lb.checkpoint_path, {k: v for k, v in ckpt.items() if k != "format_version"})
@@ -27,8 +25,16 @@ def test_two_registrations_at_once_leave_the_better_model_as_the_only_champion(t
         evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": shared}
-    procs = [subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "register"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for lay in (la, lb)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "register"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for lay in (la, lb)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
 
@@ -36,9 +42,9 @@ def test_two_registrations_at_once_leave_the_better_model_as_the_only_champion(t
     name, alias = pa.registry.model_name, pa.registry.alias
     champion = client.get_model_version_by_alias(name, alias)
     run_a = json.loads(la.run_info_path.read_text())["mlflow_run_id"]
-    assert champion.tags["mlflow_run_id"] == run_a                      # the better model won
+    assert champion.tags["mlflow_run_id"] == run_a  # the better model won
     moves = [m for m in history(client, name) if m["alias"] == alias]
-    assert sum(m["from"] is None for m in moves) == 1                  # only one "first version"
+    assert sum(m["from"] is None for m in moves) == 1  # only one "first version"
     decisions = sorted(v.tags["gate.decision"] for v in client.search_model_versions(f"name='{name}'"))
     assert len(decisions) == 2 and decisions.count("promoted") >= 1
 
@@ -46,25 +52,39 @@ def test_two_registrations_at_once_leave_the_better_model_as_the_only_champion(t
 def test_a_registration_waits_while_another_process_holds_the_registry_lock(trained_project, tmp_path):
     import time
 
-    from ganpipe.tracking import tracking_uri
+    from ganpipe.core.tracking import tracking_uri
 
     p, lay = trained_project
     evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     uri, name = tracking_uri(lay.root), p.registry.model_name
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom ganpipe.locking import registry_lock\n"
-         f"with registry_lock({uri!r}, {name!r}):\n    print('locked', flush=True)\n    sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom ganpipe.core.locking import registry_lock\n"
+            f"with registry_lock({uri!r}, {name!r}):\n    print('locked', flush=True)\n    sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
-    register = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "register"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    register = subprocess.Popen(
+        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "register"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        time.sleep(25)   # a registration alone takes about 10 s here
+        time.sleep(25)  # a registration alone takes about 10 s here
         client = mlflow_client(lay.root)
         assert register.poll() is None, "register finished while another process held the lock"
-        assert not [v for v in client.search_model_versions(f"name='{name}'")
-                    if v.tags.get("mlflow_run_id") == json.loads(lay.run_info_path.read_text())["mlflow_run_id"]
-                    and v.creation_timestamp > (time.time() - 25) * 1000]
+        assert not [
+            v
+            for v in client.search_model_versions(f"name='{name}'")
+            if v.tags.get("mlflow_run_id") == json.loads(lay.run_info_path.read_text())["mlflow_run_id"]
+            and v.creation_timestamp > (time.time() - 25) * 1000
+        ]
     finally:
         holder.communicate("go\n", timeout=30)
     out = register.communicate(timeout=300)[0]

@@ -13,14 +13,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganpipe import data, shards
-from ganpipe.data import load_split, prepare, read_manifest
-from ganpipe.errors import DataError
+from ganpipe.core.errors import DataError
+from ganpipe.data import prepare as data
+from ganpipe.data import shards
+from ganpipe.data.prepare import load_split, prepare, read_manifest
 
 
 def _folder_params(tiny, path, **update):
-    return tiny.data.model_copy(update={"source": "imagefolder", "path": str(path), "labels": "folders",
-                                        "channels": 3, "resolution": 16, "min_images": 4, **update})
+    return tiny.data.model_copy(
+        update={
+            "source": "imagefolder",
+            "path": str(path),
+            "labels": "folders",
+            "channels": 3,
+            "resolution": 16,
+            "min_images": 4,
+            **update,
+        }
+    )
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -255,7 +265,7 @@ def test_missing_or_old_prepared_data_is_a_clear_error(tmp_path):
 
 
 def test_openmoji_renders_every_listed_emoji(tmp_path, tiny):
-    from ganpipe import emoji
+    from ganpipe.data import emoji
 
     m = prepare(tiny.data.model_copy(update={"source": "openmoji", "channels": 3, "resolution": 16}), tmp_path)
     total = m["counts"]["train"]["images"] + m["counts"]["test"]["images"]
@@ -263,8 +273,8 @@ def test_openmoji_renders_every_listed_emoji(tmp_path, tiny):
     assert m["licence"] == "CC BY-SA 4.0" and "OpenMoji" in m["attribution"]
     x, y = load_split(tmp_path, "train")
     x = np.asarray(x)
-    assert (x[:, :, 0, 0] == 255).mean() > 0.9        # white corners
-    assert np.abs(x[:, 0].astype(int) - x[:, 2]).mean() > 5   # colour, not grey
+    assert (x[:, :, 0, 0] == 255).mean() > 0.9  # white corners
+    assert np.abs(x[:, 0].astype(int) - x[:, 2]).mean() > 5  # colour, not grey
     assert m["num_classes"] == len(emoji.group_names(emoji.list_glyphs())) and y.min() >= 0
 
 
@@ -274,8 +284,16 @@ def test_torchvision_datasets_keep_their_own_split(name, tmp_path, tiny, monkeyp
 
     (tmp_path / "tv").mkdir()
     expected = _fixture(name, tmp_path / "tv", monkeypatch)
-    p = tiny.data.model_copy(update={"source": "torchvision", "dataset": name, "download_dir": str(tmp_path / "tv"),
-                                     "channels": 3, "resolution": 8, "min_images": 2})
+    p = tiny.data.model_copy(
+        update={
+            "source": "torchvision",
+            "dataset": name,
+            "download_dir": str(tmp_path / "tv"),
+            "channels": 3,
+            "resolution": 8,
+            "min_images": 2,
+        }
+    )
     m = prepare(p, tmp_path / "prepared")
     assert m["split"]["kind"] == "the source's own" and m["dataset"] == name
     for split in data.SPLITS:
@@ -315,8 +333,9 @@ def test_cli_prepare_and_data_show(tmp_path, tiny_raw):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
     ok = subprocess.run(cli + ["prepare"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    show = subprocess.run(cli + ["data", "show", "--out", str(tmp_path / "sheet.png"), "--per-class", "3"],
-                          capture_output=True, text=True)
+    show = subprocess.run(
+        cli + ["data", "show", "--out", str(tmp_path / "sheet.png"), "--per-class", "3"], capture_output=True, text=True
+    )
     assert show.returncode == 0, show.stderr
     assert "imagefolder:" in show.stdout and "2 classes" in show.stdout and "skipped" in show.stdout
     res = tiny_raw["data"]["resolution"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from ganpipe.decode import IMAGE_SUFFIXES, SkipImage, decode, read_file
+from ganpipe.data.decode import IMAGE_SUFFIXES, SkipImage, decode, read_file
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -119,6 +119,7 @@ def test_file_without_read_permission(tmp_path):
 
 def test_permission_error_is_a_skip_even_as_root(tmp_path, monkeypatch):
     """The real chmod test above is skipped under root (CI containers); this one feeds the same error."""
+
     def denied(self):
         raise PermissionError(13, "Permission denied", str(self))
 

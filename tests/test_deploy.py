@@ -10,7 +10,7 @@ import sys
 
 import yaml
 
-from ganpipe.watchdog import AUTOMATION
+from ganpipe.orchestration.watchdog import AUTOMATION
 from tests.conftest import REPO, forget_nightly, make_project, shipped_params
 
 
@@ -23,8 +23,9 @@ def test_prefect_yaml_agrees_with_params():
 
 
 def _prefect(args: list[str], cwd, env) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 

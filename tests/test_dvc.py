@@ -7,8 +7,8 @@ import sys
 
 import yaml
 
-from ganpipe import train as train_stage
-from ganpipe.paths import layout
+from ganpipe.core.paths import layout
+from ganpipe.training import loop as train_stage
 from tests.conftest import REPO, run
 
 STAGES = ["prepare", "ref-stats", "train", "evaluate", "register"]
@@ -30,14 +30,57 @@ def test_stage_graph_matches_the_code_layout():
     assert stages["register"]["outs"] == [{rel(lay.registration_path): {"cache": False}}]
     for name, stage in stages.items():
         assert stage["cmd"] == f"ganpipe {name}"
-        outs = {o if isinstance(o, str) else next(iter(o))
-                for st in stages.values() for o in st.get("outs", []) + st.get("metrics", [])}
+        outs = {
+            o if isinstance(o, str) else next(iter(o))
+            for st in stages.values()
+            for o in st.get("outs", []) + st.get("metrics", [])
+        }
         for dep in stage["deps"]:
             if dep == "${data.path}":  # the user's images (DVC interpolates params.yaml)
                 continue
-            assert dep in outs or (REPO / dep).is_file(), f"{name}: dependency {dep} is neither code nor an output"
+            assert dep in outs or (REPO / dep).exists(), f"{name}: dependency {dep} is neither code nor an output"
     assert stages["train"]["params"] == list(train_stage.PARAMS)
     assert "${data.path}" in stages["prepare"]["deps"]
+
+
+# What each stage's CLI command imports to do its work (ganpipe/cli.py's cmd_* functions).
+STAGE_ENTRIES = {
+    "prepare": ["ganpipe.data.prepare", "ganpipe.core.params", "ganpipe.core.paths"],
+    "ref-stats": ["ganpipe.evaluation.refstats", "ganpipe.evaluation.features", "ganpipe.core.device"],
+    "train": ["ganpipe.training.loop", "ganpipe.training.snapshots"],
+    "evaluate": ["ganpipe.evaluation.evaluate"],
+    "register": ["ganpipe.registry.register"],
+}
+
+
+def _closure(entries: list[str], g: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), list(entries)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += g.get(m, ())
+            # importing a.b.c runs a/__init__.py and a/b/__init__.py too
+            todo += [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]
+    return seen
+
+
+def test_each_stage_depends_on_all_the_code_it_imports():
+    from tests.test_architecture import all_modules, graph
+
+    modules, g = all_modules(), graph()
+    stages = _dvc_yaml()
+    for name, entries in STAGE_ENTRIES.items():
+        deps = [REPO / d for d in stages[name]["deps"] if d.startswith("ganpipe")]
+        for mod in sorted(_closure(entries, g)):
+            path = modules[mod]
+            if mod == "ganpipe":
+                continue
+            assert any(path == d or d in path.parents for d in deps), f"{name} runs {mod} but does not depend on it"
+        # and the entries are those the CLI names
+        cli = (REPO / "ganpipe" / "cli.py").read_text()
+        assert all(f"from {e} import" in cli or f"from {e.rpartition('.')[0]} import {e.rpartition('.')[2]}" in cli
+                   for e in entries), name
 
 
 def _ran(output: str) -> list[str]:

@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from ganpipe import emoji
-from ganpipe.errors import DataError
+from ganpipe.core.errors import DataError
+from ganpipe.data import emoji
 
-GRINNING = "\U0001F600"
-FAMILY = "\U0001F468\u200d\U0001F469\u200d\U0001F467"  # man ZWJ woman ZWJ girl
-FLAG_DE = "\U0001F1E9\U0001F1EA"
+GRINNING = "\U0001f600"
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # man ZWJ woman ZWJ girl
+FLAG_DE = "\U0001f1e9\U0001f1ea"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_render_is_rgb_on_white_with_colour_in_the_middle():
 
 def test_render_is_deterministic_and_distinguishes_emoji():
     assert emoji.render(GRINNING, 32).tobytes() == emoji.render(GRINNING, 32).tobytes()
-    assert emoji.render(GRINNING, 32).tobytes() != emoji.render("\U0001F431", 32).tobytes()
+    assert emoji.render(GRINNING, 32).tobytes() != emoji.render("\U0001f431", 32).tobytes()
 
 
 def test_render_larger_than_render_px_is_drawn_directly():

@@ -7,19 +7,22 @@ import math
 import pytest
 import torch
 
-from ganpipe import losses
-from ganpipe.augment import diff_augment, enabled
-from ganpipe.engine import Engine, autocast_dtype, discriminator_norm
-from ganpipe.models import generator_config
-from ganpipe.params import parse_params
-from ganpipe.resnet import levels
+from ganpipe.core.params import parse_params
+from ganpipe.nets.models import generator_config
+from ganpipe.nets.resnet import levels
+from ganpipe.training import losses
+from ganpipe.training.augment import diff_augment, enabled
+from ganpipe.training.engine import Engine, autocast_dtype, discriminator_norm
 from tests.conftest import tiny_params_dict
 
 
 def _engine(arch: str, loss: str, num_classes: int = 0, **train) -> Engine:
     d_steps = 2 if loss == "wgan-gp" else 1
-    p = parse_params(tiny_params_dict(model={"arch": arch, "g_channels": 8, "d_channels": 8},
-                                      train={"loss": loss, "d_steps": d_steps, **train}))
+    p = parse_params(
+        tiny_params_dict(
+            model={"arch": arch, "g_channels": 8, "d_channels": 8}, train={"loss": loss, "d_steps": d_steps, **train}
+        )
+    )
     config = generator_config(p.model.model_dump(), 3, 32, num_classes)
     torch.manual_seed(0)
     return Engine(config, arch, p.model.d_channels, p.train, torch.device("cpu"), augment=True)
@@ -48,7 +51,7 @@ def test_wgan_gp_critic_has_no_batch_norm_and_the_penalty_is_zero_for_a_unit_gra
     e = _engine("dcgan", "wgan-gp")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in e.D.modules())
     w = torch.randn(3 * 8 * 8)
-    w = w / w.norm()                      # a linear critic with a unit-norm weight: ||grad_x D|| = 1 everywhere
+    w = w / w.norm()  # a linear critic with a unit-norm weight: ||grad_x D|| = 1 everywhere
 
     def D(x, c):
         return x.flatten(1) @ w
@@ -60,7 +63,7 @@ def test_wgan_gp_critic_has_no_batch_norm_and_the_penalty_is_zero_for_a_unit_gra
 
 def test_r1_penalty_is_half_the_squared_input_gradient():
     x = torch.randn(4, 1, 2, 2, requires_grad=True)
-    logits = (2 * x).flatten(1).sum(1)   # gradient 2 at each of 4 pixels: ||g||^2 = 16
+    logits = (2 * x).flatten(1).sum(1)  # gradient 2 at each of 4 pixels: ||g||^2 = 16
     assert losses.r1_penalty(logits, x).item() == pytest.approx(8.0)
 
 
@@ -69,7 +72,10 @@ def test_losses_reward_the_discriminator_for_telling_real_from_fake():
         # lsgan regresses to targets 1 (real) / 0 (fake); the others read logits
         right, wrong, unsure = ((1.0, 0.0), (0.0, 1.0), 0.5) if kind == "lsgan" else ((5.0, -5.0), (-5.0, 5.0), 0.0)
         full = lambda v: torch.full((8,), v)  # noqa: E731
-        confident, confused = losses.d_loss(kind, full(right[0]), full(right[1])), losses.d_loss(kind, full(unsure), full(unsure))
+        confident, confused = (
+            losses.d_loss(kind, full(right[0]), full(right[1])),
+            losses.d_loss(kind, full(unsure), full(unsure)),
+        )
         assert confident < confused < losses.d_loss(kind, full(wrong[0]), full(wrong[1])), kind
         # G gains when D takes its fakes for real
         assert losses.g_loss(kind, full(right[0])) < losses.g_loss(kind, full(right[1])), kind
@@ -120,7 +126,7 @@ def test_ema_half_life_ramps_up_with_images_seen():
         for p in e.G.parameters():
             p.add_(1.0)
     p0 = next(e.G_ema.parameters()).clone()
-    e.update_ema(nimg=200, batch_size=8)    # half-life min(1000, 0.05 * 200 = 10) images
+    e.update_ema(nimg=200, batch_size=8)  # half-life min(1000, 0.05 * 200 = 10) images
     moved_early = (next(e.G_ema.parameters()) - p0).abs().mean()
     target = (next(e.G.parameters()).detach() - p0).abs().mean()
     assert (moved_early / target).item() == pytest.approx(1 - 0.5 ** (8 / 10), rel=1e-4)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from ganpipe.checkpoint import load_generator
-from ganpipe.data import load_split
-from ganpipe.errors import ConfigError
-from ganpipe.evaluate import score_generator
-from ganpipe.features import build_extractor
-from ganpipe.models import sample
-from ganpipe.params import EvalParams
-from ganpipe.protocol import IncomparableError, check_comparable
-from ganpipe.refstats import compute_ref_stats, load_ref_stats
+from ganpipe.core.errors import ConfigError
+from ganpipe.core.params import EvalParams
+from ganpipe.data.prepare import load_split
+from ganpipe.evaluation.evaluate import score_generator
+from ganpipe.evaluation.features import build_extractor
+from ganpipe.evaluation.protocol import IncomparableError, check_comparable
+from ganpipe.evaluation.refstats import compute_ref_stats, load_ref_stats
+from ganpipe.nets.checkpoint import generator_from_checkpoint
+from ganpipe.nets.models import sample
 
 
 class CountingExtractor:
@@ -48,9 +48,10 @@ def test_reference_stats_are_computed_once_per_content_key(trained_project, tmp_
     assert ext.images == 64 and not first.from_cache
     again = compute_ref_stats(ext, 64, 16, lay.prepared_dir, tmp_path / "b.npz")  # other batch size, same key
     assert ext.images == 64 and again.from_cache
-    assert np.array_equal(load_ref_stats(tmp_path / "a.npz").stats.features,
-                          load_ref_stats(tmp_path / "b.npz").stats.features)
-    other = compute_ref_stats(ext, 65, 32, lay.prepared_dir, tmp_path / "c.npz")   # N is part of the key
+    assert np.array_equal(
+        load_ref_stats(tmp_path / "a.npz").stats.features, load_ref_stats(tmp_path / "b.npz").stats.features
+    )
+    other = compute_ref_stats(ext, 65, 32, lay.prepared_dir, tmp_path / "c.npz")  # N is part of the key
     assert ext.images == 64 + 65 and not other.from_cache
     assert {"data_sha256", "weights_sha256", "resize", "num_real"} <= first.key.keys()
 
@@ -59,15 +60,16 @@ def test_a_second_evaluation_of_the_same_generator_reuses_its_features(trained_p
     monkeypatch.setenv("GANPIPE_CACHE_DIR", str(tmp_path / "cache"))  # start cold
     p, lay = trained_project
     ref = load_ref_stats(lay.ref_stats_path)
-    G, _ = load_generator(lay.checkpoint_path)
+    G, _ = generator_from_checkpoint(lay.checkpoint_path)
     ext = CountingExtractor(build_extractor(p.eval))
     first = score_generator(G, ext, ref, p.eval)
     seen = ext.images
     second = score_generator(G, ext, ref, p.eval)
     assert seen == p.eval.num_fake and not first["generated_features_cached"]
     assert ext.images == seen and second["generated_features_cached"]
-    assert {k: v for k, v in first.items() if k != "generated_features_cached"} == \
-        {k: v for k, v in second.items() if k != "generated_features_cached"}
+    assert {k: v for k, v in first.items() if k != "generated_features_cached"} == {
+        k: v for k, v in second.items() if k != "generated_features_cached"
+    }
     # other weights are another key: a changed generator is re-extracted
     with torch.no_grad():
         next(G.parameters()).add_(0.01)
@@ -105,7 +107,7 @@ def test_cli_scores_any_model_and_compare_refuses_other_protocols(trained_projec
 
 def test_unknown_metric_in_params_is_a_config_error():
     with pytest.raises(ConfigError):
-        from ganpipe.params import parse_params
+        from ganpipe.core.params import parse_params
         from tests.conftest import tiny_params_dict
 
         raw = tiny_params_dict()
@@ -121,29 +123,40 @@ def test_agreement_with_torch_fidelity_on_the_same_images(trained_project, tmp_p
     function on the same features in test_metrics.)"""
     import torch_fidelity
 
-    from ganpipe.frechet import feature_stats, frechet_distance
-    from ganpipe.kid import kernel_inception_distance
+    from ganpipe.evaluation.frechet import feature_stats, frechet_distance
+    from ganpipe.evaluation.kid import kernel_inception_distance
 
     p, lay = trained_project
     images, _ = load_split(lay.prepared_dir, "train")
     real = torch.from_numpy(np.array(images[:36])).expand(-1, 3, -1, -1).contiguous()  # N = subset size:
-    G, _ = load_generator(lay.checkpoint_path)
+    G, _ = generator_from_checkpoint(lay.checkpoint_path)
     fake = sample(G, range(36)).expand(-1, 3, -1, -1).contiguous()  # no subsampling
     # (generated vs real: with two near-identical real sets KID is ~1e-3 and torch-fidelity's float32
     # kernel sums lose about 1e-3 of it to cancellation; ours are float64)
     ep = EvalParams(**{**p.eval.model_dump(), "extractor": "inception", "inception_weights": None})
     ext = build_extractor(ep)
     fr, ff = ext.extract(real, 20), ext.extract(fake, 20)
-    ours = {"fid": frechet_distance(*feature_stats(fr), *feature_stats(ff)),
-            "kid": kernel_inception_distance(fr, ff, subset_size=36, subsets=1)[0]}
+    ours = {
+        "fid": frechet_distance(*feature_stats(fr), *feature_stats(ff)),
+        "kid": kernel_inception_distance(fr, ff, subset_size=36, subsets=1)[0],
+    }
 
-    from ganpipe.inception import resolve_weights
-    from ganpipe.peer import ImageTensors, weights_for_torch_fidelity
+    from ganpipe.evaluation.fidelity_peer import ImageTensors, weights_for_torch_fidelity
+    from ganpipe.evaluation.inception import resolve_weights
 
     weights = weights_for_torch_fidelity(resolve_weights(None, allow_download=False).path, tmp_path / "w.pth")
     theirs = torch_fidelity.calculate_metrics(
-        input1=ImageTensors(fake), input2=ImageTensors(real), fid=True, kid=True, kid_subset_size=36,
-        kid_subsets=1, cuda=False, cache=False, verbose=False, batch_size=20,
-        feature_extractor_weights_path=str(weights))
+        input1=ImageTensors(fake),
+        input2=ImageTensors(real),
+        fid=True,
+        kid=True,
+        kid_subset_size=36,
+        kid_subsets=1,
+        cuda=False,
+        cache=False,
+        verbose=False,
+        batch_size=20,
+        feature_extractor_weights_path=str(weights),
+    )
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4)

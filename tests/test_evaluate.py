@@ -7,19 +7,20 @@ import json
 import numpy as np
 import pytest
 
-from ganpipe.checkpoint import load_generator
-from ganpipe.errors import DataError
-from ganpipe.evaluate import evaluate
-from ganpipe.features import build_extractor
-from ganpipe.frechet import frechet_distance
-from ganpipe.models import sample
-from ganpipe.refstats import load_ref_stats
+from ganpipe.core.errors import DataError
+from ganpipe.evaluation.evaluate import evaluate
+from ganpipe.evaluation.features import build_extractor
+from ganpipe.evaluation.frechet import frechet_distance
+from ganpipe.evaluation.refstats import load_ref_stats
+from ganpipe.nets.checkpoint import generator_from_checkpoint
+from ganpipe.nets.models import sample
 from tests.conftest import mlflow_client
 
 
 def _evaluate(p, lay, out=None):
-    return evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, out or lay.metrics_path,
-                    lay.root)
+    return evaluate(
+        p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, out or lay.metrics_path, lay.root
+    )
 
 
 def test_evaluate_writes_metrics_and_logs_them_to_the_training_run(trained_project):
@@ -47,7 +48,7 @@ def test_fid_is_the_frechet_distance_of_the_shared_features(trained_project):
     p, lay = trained_project
     result = _evaluate(p, lay)
     ref = load_ref_stats(lay.ref_stats_path)
-    G, _ = load_generator(lay.checkpoint_path)
+    G, _ = generator_from_checkpoint(lay.checkpoint_path)
     feats = build_extractor(p.eval).extract(sample(G, range(p.eval.seed, p.eval.seed + p.eval.num_fake)), 17)
     expected = frechet_distance(ref.stats.mu, ref.stats.sigma, feats.mean(0), np.cov(feats, rowvar=False))
     assert result["fid"] == pytest.approx(expected, rel=1e-9)
@@ -73,12 +74,13 @@ def test_protocol_change_changes_the_fingerprint(trained_project, tmp_path):
 def test_reference_stats_from_another_extractor_are_refused(trained_project, tmp_path):
     p, lay = trained_project
     ref = load_ref_stats(lay.ref_stats_path)
-    from ganpipe.refstats import RefStats, save_ref_stats
+    from ganpipe.evaluation.refstats import RefStats, save_ref_stats
 
     forged = tmp_path / "ref.npz"
     save_ref_stats(RefStats(ref.stats, {**ref.key, "weights_sha256": "0" * 64}), forged)
     with pytest.raises(DataError, match="re-run `ganpipe ref-stats`"):
         evaluate(p.eval, lay.checkpoint_path, forged, lay.run_info_path, tmp_path / "m.json", lay.root)
     with pytest.raises(DataError, match="run `ganpipe ref-stats` first"):
-        evaluate(p.eval, lay.checkpoint_path, tmp_path / "missing.npz", lay.run_info_path, tmp_path / "m.json",
-                 lay.root)
+        evaluate(
+            p.eval, lay.checkpoint_path, tmp_path / "missing.npz", lay.run_info_path, tmp_path / "m.json", lay.root
+        )

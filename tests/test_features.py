@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ganpipe import inception
-from ganpipe.errors import ConfigError, DataError
-from ganpipe.features import build_extractor
+from ganpipe.core.errors import ConfigError, DataError
+from ganpipe.core.hashing import file_sha256
+from ganpipe.evaluation import inception
+from ganpipe.evaluation.features import build_extractor
 
 
 def test_tiny_extractor_is_deterministic_and_batch_independent(tiny):
@@ -35,8 +36,8 @@ def test_explicit_weights_path_comes_first_and_must_exist(tmp_path):
     path = tmp_path / "w.pth"
     torch.save({"a": torch.zeros(2)}, path)
     w = inception.resolve_weights(str(path))
-    assert w.source == "params" and w.file_sha256 == inception.sha256_file(path) and not w.has_head
-    torch.save({"a": torch.zeros(2)}, tmp_path / "same.pth")   # same tensors, another file
+    assert w.source == "params" and w.file_sha256 == file_sha256(path) and not w.has_head
+    torch.save({"a": torch.zeros(2)}, tmp_path / "same.pth")  # same tensors, another file
     assert inception.resolve_weights(str(tmp_path / "same.pth")).sha256 == w.sha256
 
 

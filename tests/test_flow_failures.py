@@ -34,11 +34,13 @@ def _pids_running(cmdline: str, cwd: Path) -> list[int]:
 def _run_and_kill_training_once(tmp_path, train_retries: int):
     """The training-pipeline flow on a tiny project whose training process gets SIGKILLed once it has
     written its first snapshot; returns (project, flow run state, what was killed)."""
-    from flows.training_pipeline import training_pipeline
-    from ganpipe.checkpoint import load_checkpoint
+    from ganpipe.nets.checkpoint import load_checkpoint
+    from ganpipe.orchestration.pipeline import training_pipeline
 
-    raw = tiny_params_dict(train={"total_kimg": 32.0, "snapshot_kimg": 6.4, "collapse_after_kimg": 1000.0},
-                           schedule={"train_retries": train_retries})
+    raw = tiny_params_dict(
+        train={"total_kimg": 32.0, "snapshot_kimg": 6.4, "collapse_after_kimg": 1000.0},
+        schedule={"train_retries": train_retries},
+    )
     project = make_project(tmp_path / "project", raw).resolve()
     first = project / "models.partial" / "snapshot-000000006400.pt"
     killed: dict = {}
@@ -81,7 +83,9 @@ def test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run(tm
     assert "died or was killed" in run.data.tags["ganpipe.interrupted"]  # marked FAILED in between
     assert "ganpipe.failure" not in run.data.tags
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     (train_run,) = [r for r in runs if r.name.startswith("train")]
     assert train_run.run_count == 2 and train_run.state.is_completed()
 
@@ -99,7 +103,7 @@ def test_one_training_at_a_time_per_device(prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.concurrency.sync import concurrency
 
-    from flows.training_pipeline import ensure_limit, training_slot_name
+    from ganpipe.orchestration.pipeline import ensure_limit, training_slot_name
 
     name = training_slot_name("cpu")
     assert name.startswith("ganpipe-train-") and name.endswith("-cpu")
@@ -124,14 +128,15 @@ def test_one_training_at_a_time_per_device(prefect_harness):
     with concurrency(name, occupy=1, timeout_seconds=30, strict=True):
         pass  # free again once the first ended
     with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(name, __import__(
-            "prefect.client.schemas.actions", fromlist=["x"]).GlobalConcurrencyLimitUpdate(limit=2))
+        client.update_global_concurrency_limit(
+            name, __import__("prefect.client.schemas.actions", fromlist=["x"]).GlobalConcurrencyLimitUpdate(limit=2)
+        )
         ensure_limit(name)  # a limit the team set stays as they set it
         assert client.read_global_concurrency_limit_by_name(name).limit == 2
 
 
 def test_a_failed_run_posts_to_the_webhook(tmp_path, prefect_harness, webhook):
-    from flows.training_pipeline import training_pipeline
+    from ganpipe.orchestration.pipeline import training_pipeline
 
     url, received = webhook
     raw = tiny_params_dict(data={"min_images": 100000}, schedule={"webhook_url": url})  # prepare must fail
@@ -151,7 +156,7 @@ def test_a_failed_run_posts_to_the_webhook(tmp_path, prefect_harness, webhook):
 def test_only_a_crashed_training_is_retried():
     from prefect.states import Failed
 
-    from flows.training_pipeline import StageFailed, TrainingCrashed, _retry_if_crashed
+    from ganpipe.orchestration.pipeline import StageFailed, TrainingCrashed, _retry_if_crashed
 
     assert _retry_if_crashed(None, None, Failed(data=TrainingCrashed("killed")))
     # diverged past its rollbacks, collapsed, bad input: the run ended FAILED by itself; a retry would

@@ -8,13 +8,13 @@ import sys
 import pytest
 import yaml
 
-from ganpipe.errors import ConfigError
-from ganpipe.versioning import ensure_remote
+from ganpipe.core.dvc import ensure_remote
+from ganpipe.core.errors import ConfigError
 from tests.conftest import mlflow_client, run
 
 
 def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project, prefect_harness):
-    from flows.training_pipeline import training_pipeline
+    from ganpipe.orchestration.pipeline import training_pipeline
 
     result = training_pipeline(project_dir=str(project))
     assert result["version"] == "1" and result["promoted"] and result["champion"] == "1"
@@ -51,8 +51,9 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
     again = state.result()
     assert again["skipped"] and again["champion"] == "1"
     assert len(client.search_model_versions(f"name='{result['model_name']}'")) == 1
-    skipped = client.search_runs([client.get_run(holder.run_id).info.experiment_id],
-                                 "tags.`ganpipe.skipped` = 'nothing changed'")
+    skipped = client.search_runs(
+        [client.get_run(holder.run_id).info.experiment_id], "tags.`ganpipe.skipped` = 'nothing changed'"
+    )
     assert len(skipped) == 1
     assert "skipped: nothing changed" in _artifact("training-pipeline")
 
@@ -81,7 +82,7 @@ def _artifact(key: str) -> str:
 
 
 def test_bad_params_fail_the_flow_before_any_stage(project, prefect_harness):
-    from flows.training_pipeline import training_pipeline
+    from ganpipe.orchestration.pipeline import training_pipeline
 
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["train"]["lrr"] = 1

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganpipe.errors import DataError
-from ganpipe.evaluate import evaluate
-from ganpipe.generate import animate, generate, replay
-from ganpipe.images import png_text
-from ganpipe.registry import register
+from ganpipe.core.errors import DataError
+from ganpipe.core.images import png_text
+from ganpipe.evaluation.evaluate import evaluate
+from ganpipe.registry.register import register
+from ganpipe.serving.generate import animate, generate, replay
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,14 @@ def test_grid_replay_and_truncation(champion, tmp_path):
     p, lay, uri, _ = champion
     g = generate(uri, 9, 0, tmp_path / "grid.png", root=lay.root)[0]
     assert np.array_equal(_pixels(replay(g, tmp_path / "grid2.png", lay.root)), _pixels(g))
-    spread = [np.asarray([_pixels(f) for f in generate(uri, 16, 0, f"{tmp_path}/psi{psi}/", psi=psi,
-                                                         root=lay.root)]).astype(float).std(axis=0).mean()
-              for psi in (1.0, 0.1)]
-    assert spread[1] < spread[0]   # truncation trades variety for typicality
+    spread = [
+        np.asarray([_pixels(f) for f in generate(uri, 16, 0, f"{tmp_path}/psi{psi}/", psi=psi, root=lay.root)])
+        .astype(float)
+        .std(axis=0)
+        .mean()
+        for psi in (1.0, 0.1)
+    ]
+    assert spread[1] < spread[0]  # truncation trades variety for typicality
 
 
 def test_animations_and_bad_requests(champion, tmp_path):
@@ -61,7 +65,7 @@ def test_animations_and_bad_requests(champion, tmp_path):
     mp4 = animate(uri, [1, 2, 3], 4, tmp_path / "walk.mp4", root=lay.root)
     import imageio.v3 as iio
 
-    assert len(iio.imread(mp4)) == 3 + 3 + 4   # 1 -> 2 -> 3 -> back to 1, shared endpoints once
+    assert len(iio.imread(mp4)) == 3 + 3 + 4  # 1 -> 2 -> 3 -> back to 1, shared endpoints once
     with pytest.raises(DataError, match=".gif or .mp4"):
         animate(uri, [1, 2], 6, tmp_path / "a.avi", root=lay.root)
     with pytest.raises(DataError, match="classes 0..9"):
@@ -69,8 +73,9 @@ def test_animations_and_bad_requests(champion, tmp_path):
     with pytest.raises(DataError, match="no ganpipe provenance"):
         Image.new("L", (4, 4)).save(tmp_path / "plain.png")
         replay(tmp_path / "plain.png", tmp_path / "x.png", lay.root)
-    proc = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--psi", "0"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--psi", "0"], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "--psi" in proc.stderr
 
 
@@ -85,7 +90,8 @@ def test_class_of_a_conditional_champion_is_recorded_and_replayed(champion, tmp_
     # without --class, image i has class (seed + i) mod 10, and each file records its own
     default = generate(uri, 2, 13, f"{tmp_path}/default/", root=lay.root)
     assert [png_text(f)["ganpipe:class"] for f in default] == ["3", "4"]
-    assert np.array_equal(_pixels(default[0]), _pixels(generate(uri, 1, 13, tmp_path / "c3.png", class_=3,
-                                                                   root=lay.root)[0]))
+    assert np.array_equal(
+        _pixels(default[0]), _pixels(generate(uri, 1, 13, tmp_path / "c3.png", class_=3, root=lay.root)[0])
+    )
     gif = animate(uri, [1, 2], 3, tmp_path / "a3.gif", root=lay.root, class_=3)
     assert gif.stat().st_size > 0

@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ganpipe.errors import ConfigError
-from ganpipe.frechet import bootstrap_fid, feature_stats, fid_from_features, frechet_distance
-from ganpipe.inception_score import inception_score
-from ganpipe.kid import bootstrap_kid, kernel_inception_distance, poly_kernel
-from ganpipe.manifold import density_coverage, knn_radii, memorization, precision_recall
-from ganpipe.metrics import (
-    DIRECTIONS,
-    METRICS,
-    FeatureSet,
-    Options,
-    compute,
-    get_metric,
-    higher_is_better,
-    is_better,
-)
+from ganpipe.core.errors import ConfigError
+from ganpipe.core.metric_keys import DIRECTIONS, REPORTS, higher_is_better, is_better
+from ganpipe.evaluation.frechet import bootstrap_fid, feature_stats, fid_from_features, frechet_distance
+from ganpipe.evaluation.inception_score import inception_score
+from ganpipe.evaluation.kid import bootstrap_kid, kernel_inception_distance, poly_kernel
+from ganpipe.evaluation.manifold import density_coverage, knn_radii, memorization, precision_recall
+from ganpipe.evaluation.metrics import METRICS, FeatureSet, Options, compute, get_metric
 
 
 def _random_spd(rng, d):
@@ -29,6 +21,7 @@ def _random_spd(rng, d):
 
 
 # ---- FID -------------------------------------------------------------------------------------------
+
 
 def test_frechet_equals_closed_form_for_diagonal_gaussians():
     rng = np.random.default_rng(0)
@@ -96,7 +89,8 @@ def test_fid_from_features_equals_the_frechet_distance_of_their_statistics(n, d)
     real, fake = rng.normal(size=(200, d)), rng.normal(0.3, 1.2, size=(n, d))
     mu_r, s_r = feature_stats(real)
     assert fid_from_features(mu_r, s_r, fake) == pytest.approx(
-        frechet_distance(mu_r, s_r, *feature_stats(fake)), rel=1e-7)
+        frechet_distance(mu_r, s_r, *feature_stats(fake)), rel=1e-7
+    )
 
 
 @pytest.mark.parametrize("n,d", [(40, 64), (90, 16)])
@@ -112,6 +106,7 @@ def test_bootstrap_fid_replicates_equal_direct_computation(n, d):
 
 
 # ---- KID -------------------------------------------------------------------------------------------
+
 
 def test_kid_agrees_with_torchmetrics_on_full_sets():
     from torchmetrics.image.kid import poly_mmd
@@ -165,8 +160,12 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_n(d):
     widths = []
     for n in (50, 200):
         fake = FeatureSet.from_features(rng.normal(0.3, 1.0, size=(n, d)))
-        out, _ = compute(["fid", "kid"], FeatureSet.from_features(real), fake,
-                         Options(kid_subset_size=n, kid_subsets=1, bootstrap=200))
+        out, _ = compute(
+            ["fid", "kid"],
+            FeatureSet.from_features(real),
+            fake,
+            Options(kid_subset_size=n, kid_subsets=1, bootstrap=200),
+        )
         assert out["fid_ci_low"] <= out["fid"] <= out["fid_ci_high"]
         assert out["kid_ci_low"] <= out["kid"] <= out["kid_ci_high"]
         widths.append(out["fid_ci_high"] - out["fid_ci_low"])
@@ -174,6 +173,7 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_n(d):
 
 
 # ---- IS, precision/recall, density/coverage, memorisation -----------------------------------------
+
 
 def test_inception_score_agrees_with_torch_fidelity():
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -195,12 +195,12 @@ def test_inception_score_extremes():
 
 def test_precision_recall_on_constructed_sets():
     grid = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)  # 100 real points
-    inside = grid[:50] + 0.1       # near the first half of the real points
+    inside = grid[:50] + 0.1  # near the first half of the real points
     far = grid + 1000.0
     assert precision_recall(grid, inside, k=3)["precision"] == 1.0
     assert precision_recall(grid, far, k=3) == {"precision": 0.0, "recall": 0.0}
     half = precision_recall(grid, inside, k=3)["recall"]
-    assert 0.4 <= half <= 0.65   # the generated set covers about half of the real one
+    assert 0.4 <= half <= 0.65  # the generated set covers about half of the real one
 
 
 def test_precision_recall_agree_with_torch_fidelity():
@@ -241,6 +241,7 @@ def test_knn_radii_exclude_the_point_itself():
 
 # ---- the registry ---------------------------------------------------------------------------------
 
+
 def test_registry_direction_and_unknown_names():
     assert set(METRICS) == {"fid", "kid", "is", "pr", "dc", "memorization"}
     assert is_better("fid", 1.0, 2.0) and not is_better("fid", 2.0, 1.0) and not is_better("kid", 1.0, 1.0)
@@ -262,3 +263,14 @@ def test_compute_shares_features_and_reports_unavailable_metrics():
     with_logits = FeatureSet(fake.features, fake.mu, fake.sigma, logits=rng.normal(size=(60, 20)))
     out, unavailable = compute(["is"], real, with_logits, Options(is_splits=3))
     assert unavailable == {} and out["is"] > 1.0
+
+
+def test_each_metric_reports_exactly_the_keys_the_shared_vocabulary_names():
+    rng = np.random.default_rng(8)
+    real = FeatureSet.from_features(rng.normal(size=(60, 8)))
+    fake = FeatureSet.from_features(rng.normal(size=(60, 8)), logits=rng.normal(size=(60, 20)))
+    for name in METRICS:
+        out, unavailable = compute([name], real, fake, Options(kid_subset_size=30, kid_subsets=4, is_splits=3))
+        assert unavailable == {}
+        reported = {k for k in out if not k.endswith(("_std", "_threshold")) and "_ci_" not in k}
+        assert reported == set(REPORTS[name]), name

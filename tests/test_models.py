@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ganpipe.models import build_discriminator, build_generator, classes, init_weights, latents, sample
+from ganpipe.nets.dcgan import init_weights
+from ganpipe.nets.models import build_discriminator, build_generator, classes, latents, sample
 
 
 @pytest.mark.parametrize("resolution,channels", [(16, 1), (32, 1), (64, 3)])
@@ -61,7 +62,7 @@ def test_conditional_networks_take_one_class_per_image():
 
 
 def to_uint8_of(G, seeds, k):
-    from ganpipe.models import to_uint8
+    from ganpipe.nets.models import to_uint8
 
     with torch.no_grad():
         return to_uint8(G(latents(seeds, G.z_dim), torch.full((len(seeds),), k)))
@@ -74,3 +75,12 @@ def test_unconditional_networks_refuse_classes():
         sample(G, [0], class_=1)
     with pytest.raises(ValueError, match="takes no classes"):
         G(latents([0], 8), torch.tensor([0]))
+
+
+def test_the_architectures_built_are_exactly_the_ones_params_allows():
+    from typing import get_args
+
+    from ganpipe.core.params import Arch
+    from ganpipe.nets.models import DISCRIMINATORS, GENERATORS
+
+    assert tuple(GENERATORS) == tuple(DISCRIMINATORS) == get_args(Arch)

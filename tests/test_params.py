@@ -8,15 +8,24 @@ import sys
 import pytest
 import yaml
 
-from ganpipe.errors import ConfigError
-from ganpipe.params import load_params, parse_params
+from ganpipe.core.errors import ConfigError
+from ganpipe.core.params import load_params, parse_params
 from tests.conftest import REPO, shipped_params
 
 
 def test_shipped_params_load_and_cover_every_stage_section():
     p = load_params(REPO / "params.yaml")
-    assert set(type(p).model_fields) == {"base", "data", "model", "train", "eval", "registry", "serve", "schedule",
-                                           "sweep"}
+    assert set(type(p).model_fields) == {
+        "base",
+        "data",
+        "model",
+        "train",
+        "eval",
+        "registry",
+        "serve",
+        "schedule",
+        "sweep",
+    }
     assert p.data.source == "digits" and p.registry.alias == "champion"
 
 
@@ -46,27 +55,33 @@ def test_missing_key_is_named():
     assert "missing key 'eval.num_fake'" in _error(raw)
 
 
-@pytest.mark.parametrize("section,key,value,expect", [
-    ("train", "lr", "fast", "train.lr = 'fast'"),
-    ("train", "batch_size", 64.5, "train.batch_size = 64.5"),
-    ("train", "batch_size", True, "train.batch_size = True"),   # YAML `yes` is not a batch size
-    ("base", "seed", "0", "base.seed = '0'"),                   # strings are not coerced to ints
-    ("eval", "metrics", "fid", "eval.metrics = 'fid'"),
-])
+@pytest.mark.parametrize(
+    "section,key,value,expect",
+    [
+        ("train", "lr", "fast", "train.lr = 'fast'"),
+        ("train", "batch_size", 64.5, "train.batch_size = 64.5"),
+        ("train", "batch_size", True, "train.batch_size = True"),  # YAML `yes` is not a batch size
+        ("base", "seed", "0", "base.seed = '0'"),  # strings are not coerced to ints
+        ("eval", "metrics", "fid", "eval.metrics = 'fid'"),
+    ],
+)
 def test_wrong_type_names_key_and_value(section, key, value, expect):
     raw = shipped_params()
     raw[section][key] = value
     assert expect in _error(raw)
 
 
-@pytest.mark.parametrize("section,key,value,allowed", [
-    ("train", "lr", -0.1, "greater than 0"),
-    ("data", "resolution", 48, "power of two"),
-    ("data", "resolution", 4, "greater than or equal to 8"),
-    ("data", "test_fraction", 1.0, "less than 1"),
-    ("base", "device", "gpu", "should match pattern"),
-    ("model", "arch", "stylegan9", "'dcgan'"),
-])
+@pytest.mark.parametrize(
+    "section,key,value,allowed",
+    [
+        ("train", "lr", -0.1, "greater than 0"),
+        ("data", "resolution", 48, "power of two"),
+        ("data", "resolution", 4, "greater than or equal to 8"),
+        ("data", "test_fraction", 1.0, "less than 1"),
+        ("base", "device", "gpu", "should match pattern"),
+        ("model", "arch", "stylegan9", "'dcgan'"),
+    ],
+)
 def test_out_of_range_says_what_is_allowed(section, key, value, allowed):
     raw = shipped_params()
     raw[section][key] = value
@@ -77,8 +92,10 @@ def test_out_of_range_says_what_is_allowed(section, key, value, allowed):
 def test_a_crash_window_shorter_than_a_heartbeat_is_refused_naming_both_keys():
     raw = shipped_params()
     raw["schedule"].update(heartbeat_s=120, crashed_after_s=200)
-    assert _error(raw) == ("params.yaml: schedule: crashed_after_s (200) must be at least twice heartbeat_s (120): "
-                           "one late heartbeat would mark a live run Crashed")
+    assert _error(raw) == (
+        "params.yaml: schedule: crashed_after_s (200) must be at least twice heartbeat_s (120): "
+        "one late heartbeat would mark a live run Crashed"
+    )
 
 
 def test_unknown_metric_lists_the_valid_ones():
@@ -115,8 +132,9 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, command):
     raw["data"]["resolution"] = 48
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(tmp_path), command],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ganpipe", "-C", str(tmp_path), command], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

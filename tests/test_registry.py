@@ -13,23 +13,26 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
-from ganpipe import tracking
-from ganpipe.checkpoint import load_generator
-from ganpipe.evaluate import evaluate
-from ganpipe.models import sample
-from ganpipe.checkpoint import load_checkpoint, save_checkpoint
-from ganpipe.params import GateParams
-from ganpipe.promotion import gate
-from ganpipe.protocol import IncomparableError
-from ganpipe.registry import register
+from ganpipe.core import tracking
+from ganpipe.core.params import GateParams
+from ganpipe.evaluation.evaluate import evaluate
+from ganpipe.evaluation.protocol import IncomparableError
+from ganpipe.nets.checkpoint import generator_from_checkpoint, load_checkpoint, save_checkpoint
+from ganpipe.nets.models import sample
+from ganpipe.registry.gate import gate
+from ganpipe.registry.register import register
 from tests.conftest import last_conv_key, mlflow_client
 
-
-G = GateParams(margin=0.0, bootstrap=100, confidence=0.95, guard_metrics=["recall", "coverage"],
-               guard_tolerance=0.05, memorization_limit=0.2)
+G = GateParams(
+    margin=0.0,
+    bootstrap=100,
+    confidence=0.95,
+    guard_metrics=["recall", "coverage"],
+    guard_tolerance=0.05,
+    memorization_limit=0.2,
+)
 CHAMP = {"kid": 0.50, "recall": 0.40, "coverage": 0.50, "memorization": 0.05, "fingerprint": "aaaa"}
 
 
@@ -37,16 +40,19 @@ def _cand(**changes):
     return {**CHAMP, **changes}
 
 
-@pytest.mark.parametrize("candidate,champion,diff,promote,words", [
-    (_cand(), None, None, True, "first version"),
-    (_cand(memorization=0.9), None, None, False, "memorization"),
-    (_cand(kid=math.nan), None, None, False, "no finite kid"),
-    (_cand(kid=0.30), CHAMP, (-0.20, -0.25, -0.15), True, "all checks passed"),          # clear win
-    (_cand(kid=0.49), CHAMP, (-0.01, -0.05, 0.03), False, "kid_better failed"),          # a tie
-    (_cand(kid=0.30, recall=0.20), CHAMP, (-0.20, -0.25, -0.15), False, "recall_not_worse failed"),
-    (_cand(kid=0.30, coverage=0.46), CHAMP, (-0.20, -0.25, -0.15), True, "all checks passed"),  # within 0.05
-    (_cand(kid=0.30, memorization=0.5), CHAMP, (-0.20, -0.25, -0.15), False, "memorization failed"),
-])
+@pytest.mark.parametrize(
+    "candidate,champion,diff,promote,words",
+    [
+        (_cand(), None, None, True, "first version"),
+        (_cand(memorization=0.9), None, None, False, "memorization"),
+        (_cand(kid=math.nan), None, None, False, "no finite kid"),
+        (_cand(kid=0.30), CHAMP, (-0.20, -0.25, -0.15), True, "all checks passed"),  # clear win
+        (_cand(kid=0.49), CHAMP, (-0.01, -0.05, 0.03), False, "kid_better failed"),  # a tie
+        (_cand(kid=0.30, recall=0.20), CHAMP, (-0.20, -0.25, -0.15), False, "recall_not_worse failed"),
+        (_cand(kid=0.30, coverage=0.46), CHAMP, (-0.20, -0.25, -0.15), True, "all checks passed"),  # within 0.05
+        (_cand(kid=0.30, memorization=0.5), CHAMP, (-0.20, -0.25, -0.15), False, "memorization failed"),
+    ],
+)
 def test_gate_on_synthetic_scores(candidate, champion, diff, promote, words):
     d = gate(candidate, champion, "kid", diff, G)
     assert d.promote is promote and words in d.reason
@@ -80,7 +86,7 @@ def test_register_first_better_worse_tie_and_rescore(trained_project):
     damped = {**ckpt["G_ema"], key: ckpt["G_ema"][key] * 0.02}  # saturated tanh needs a strong damping
     save_checkpoint(lay.checkpoint_path, {k: v for k, v in {**ckpt, "G_ema": damped}.items() if k != "format_version"})
     try:
-        _evaluate(p, lay)   # a worse generator: output layer damped, low-contrast images
+        _evaluate(p, lay)  # a worse generator: output layer damped, low-contrast images
         r1 = register(p.registry, p.eval, lay)
         assert r1["promoted"] and r1["version"] == "1" and r1["interval"] is None
 
@@ -89,15 +95,19 @@ def test_register_first_better_worse_tie_and_rescore(trained_project):
         r2 = register(p.registry, p.eval, lay)
         assert r2["promoted"], r2["reason"]
         assert r2["interval"]["high"] < 0 and r2["previous_champion"] == "1"
-        assert {c["name"] for c in r2["checks"]} == {"kid_better", "recall_not_worse", "coverage_not_worse",
-                                                     "memorization"}
+        assert {c["name"] for c in r2["checks"]} == {
+            "kid_better",
+            "recall_not_worse",
+            "coverage_not_worse",
+            "memorization",
+        }
         tags = client.get_model_version(name, "2").tags
         assert tags["gate.decision"] == "promoted" and tags["gate.check.kid_better"].startswith("pass")
         run_info = json.loads(lay.run_info_path.read_text())
         assert tags["data_sha256"] == run_info["data_sha256"] and tags["git_commit"] == run_info["git_commit"]
         assert len(tags["params_hash"]) == 64 and float(tags["metric.kid"]) == pytest.approx(good["kid"])
 
-        r3 = register(p.registry, p.eval, lay)   # the same weights again: a tie keeps the champion
+        r3 = register(p.registry, p.eval, lay)  # the same weights again: a tie keeps the champion
         assert not r3["promoted"] and r3["champion"] == "2"
         assert r3["interval"]["low"] <= 0 <= r3["interval"]["high"]
         assert client.get_model_version(name, "3").tags["gate.decision"] == "rejected"
@@ -136,7 +146,7 @@ def test_champion_loads_without_pickle_and_generates_like_the_checkpoint(trained
     assert model.metadata.signature.inputs is None and "seed" in model.metadata.metadata["ganpipe_input"]
     out = model.predict(pd.DataFrame({"seed": [0, 1, 2]}))
     images = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in out["image"]])
-    G, config = load_generator(lay.checkpoint_path)
+    G, config = generator_from_checkpoint(lay.checkpoint_path)
     expected = sample(G, [0, 1, 2]).permute(0, 2, 3, 1).numpy()
     assert images.dtype == np.uint8 and images.reshape(expected.shape).shape == expected.shape
     assert local and np.array_equal(images.reshape(expected.shape), expected)  # same weights, seeds, pixels
@@ -149,16 +159,45 @@ def test_generate_cli_same_seed_same_image(trained_project, tmp_path):
         register(p.registry, p.eval, lay)
     outs = []
     for seed, name in [(0, "a.png"), (0, "b.png"), (1, "c.png")]:
-        cmd = [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "-n", "9", "--seed", str(seed),
-               "--out", str(tmp_path / name)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ganpipe",
+            "-C",
+            str(lay.root),
+            "generate",
+            "-n",
+            "9",
+            "--seed",
+            str(seed),
+            "--out",
+            str(tmp_path / name),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         outs.append((tmp_path / name).read_bytes())
     assert outs[0] == outs[1] and outs[0] != outs[2]
-    bad = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--model",
-                          "models:/no-such-model@champion"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--model", "models:/no-such-model@champion"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "no-such-model" in bad.stderr and "Traceback" not in bad.stderr
-    uncond = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--class", "3",
-                             "--out", str(tmp_path / "cls.png")], capture_output=True, text=True)
+    uncond = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ganpipe",
+            "-C",
+            str(lay.root),
+            "generate",
+            "--class",
+            "3",
+            "--out",
+            str(tmp_path / "cls.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert uncond.returncode == 2 and "unconditional" in uncond.stderr and not (tmp_path / "cls.png").exists()
     assert "Warning" not in uncond.stderr  # one clear line, no library noise

@@ -15,10 +15,28 @@ from tests.conftest import free_port, wait_for_http
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     wait_for_http(proc, port, "/health", timeout_s=120)
     yield f"http://127.0.0.1:{port}", tmp_path
     os.killpg(proc.pid, 15)
@@ -26,9 +44,9 @@ def mlflow_server(tmp_path):
 
 
 def test_pipeline_logs_and_registers_on_a_tracking_server(mlflow_server, tmp_path_factory, monkeypatch):
-    from ganpipe.evaluate import evaluate
-    from ganpipe.generate import generate
-    from ganpipe.registry import register
+    from ganpipe.evaluation.evaluate import evaluate
+    from ganpipe.registry.register import register
+    from ganpipe.serving.generate import generate
     from tests.conftest import build_trained
 
     uri, server_dir = mlflow_server
@@ -45,6 +63,11 @@ def test_pipeline_logs_and_registers_on_a_tracking_server(mlflow_server, tmp_pat
     # nothing went to a local store: runs, model and artifacts live on the server
     assert not (lay.root / "mlflow.db").exists() and not (lay.root / "mlartifacts").exists()
     assert any((server_dir / "server-artifacts").rglob("generator.safetensors"))
-    out = generate(f"models:/{p.registry.model_name}@{p.registry.alias}", 4, 0, tmp_path_factory.mktemp("g") / "g.png",
-                   root=lay.root)
+    out = generate(
+        f"models:/{p.registry.model_name}@{p.registry.alias}",
+        4,
+        0,
+        tmp_path_factory.mktemp("g") / "g.png",
+        root=lay.root,
+    )
     assert out[0].stat().st_size > 0

@@ -14,15 +14,15 @@ import pytest
 import torch
 import yaml
 
-from ganpipe import losses
-from ganpipe.checkpoint import load_checkpoint
-from ganpipe.data import prepare
-from ganpipe.errors import TrainingError
-from ganpipe.models import DCGANGenerator
-from ganpipe.params import parse_params
-from ganpipe.paths import layout
-from ganpipe.snapshots import work_dir_of
-from ganpipe.train import train
+from ganpipe.core.errors import TrainingError
+from ganpipe.core.params import parse_params
+from ganpipe.core.paths import layout
+from ganpipe.data.prepare import prepare
+from ganpipe.nets.checkpoint import load_checkpoint
+from ganpipe.nets.dcgan import DCGANGenerator
+from ganpipe.training import losses
+from ganpipe.training.loop import train
+from ganpipe.training.snapshots import work_dir_of
 from tests.conftest import mlflow_client, tiny_params_dict
 
 # Long enough after the first snapshot that a SIGKILL lands mid-run (seconds of CPU training after it);
@@ -41,13 +41,20 @@ def _project(root, **overrides):
 
 
 def _ganpipe(lay, *args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(lay.root), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _log(lay):
-    return [{k: v for k, v in json.loads(s).items() if k != "seconds"}
-            for s in (lay.models_dir / "log.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(s).items() if k != "seconds"}
+        for s in (lay.models_dir / "log.jsonl").read_text().splitlines()
+    ]
 
 
 def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(tmp_path):
@@ -87,8 +94,9 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
         assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa), opt
     assert _log(straight) == _log(lay)  # same losses, quick KIDs and best snapshot at every snapshot
     best_a, best_b = load_checkpoint(straight.checkpoint_path), load_checkpoint(lay.checkpoint_path)
-    assert best_a["nimg"] == best_b["nimg"] and all(torch.equal(best_a["G_ema"][k], best_b["G_ema"][k])
-                                                      for k in best_a["G_ema"])
+    assert best_a["nimg"] == best_b["nimg"] and all(
+        torch.equal(best_a["G_ema"][k], best_b["G_ema"][k]) for k in best_a["G_ema"]
+    )
 
     info = json.loads(lay.run_info_path.read_text())
     assert info["mlflow_run_id"] == run_id and info["resumed_from_kimg"] == killed_at["nimg"] / 1000
@@ -104,7 +112,7 @@ def test_resume_with_changed_params_refuses_naming_the_keys_unless_forced(tmp_pa
     # leave a snapshot behind as a crash would: train, then put the work dir back from a copy
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
     ckpt = load_checkpoint(lay.root / "models" / "last.pt")
-    from ganpipe.snapshots import Snapshots
+    from ganpipe.training.snapshots import Snapshots
 
     Snapshots(work_dir_of(lay.models_dir), 2).save({k: v for k, v in ckpt.items() if k != "format_version"})
     raw = yaml.safe_load(lay.params_path.read_text())
@@ -129,7 +137,7 @@ def test_resume_with_changed_params_refuses_naming_the_keys_unless_forced(tmp_pa
 
 
 def test_a_fresh_training_marks_the_run_an_abandoned_one_left_running_failed(tmp_path):
-    from ganpipe.snapshots import Snapshots
+    from ganpipe.training.snapshots import Snapshots
 
     p, lay = _project(tmp_path, train={**RESUME_TRAIN, "total_kimg": 1.6, "snapshot_kimg": 1.6})
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
@@ -137,8 +145,9 @@ def test_a_fresh_training_marks_the_run_an_abandoned_one_left_running_failed(tmp
     client = mlflow_client(lay.root)
     # what a machine that died mid-training leaves: a snapshot and its MLflow run still RUNNING
     dead = client.create_run(client.get_run(ckpt["mlflow_run_id"]).info.experiment_id).info.run_id
-    Snapshots(work_dir_of(lay.models_dir), 2).save({**{k: v for k, v in ckpt.items() if k != "format_version"},
-                                                    "mlflow_run_id": dead})
+    Snapshots(work_dir_of(lay.models_dir), 2).save(
+        {**{k: v for k, v in ckpt.items() if k != "format_version"}, "mlflow_run_id": dead}
+    )
     info = train(p, lay.prepared_dir, lay.models_dir, lay.root)  # not --resume: starts afresh
     run = client.get_run(dead)
     assert run.info.status == "FAILED" and "started afresh" in run.data.tags["ganpipe.failure"]
@@ -147,7 +156,7 @@ def test_a_fresh_training_marks_the_run_an_abandoned_one_left_running_failed(tmp
 
 
 def test_a_snapshot_from_before_a_params_schema_change_resumes_only_when_forced(tmp_path):
-    from ganpipe.snapshots import Snapshots
+    from ganpipe.training.snapshots import Snapshots
 
     p, lay = _project(tmp_path, train={**RESUME_TRAIN, "total_kimg": 1.6, "snapshot_kimg": 1.6})
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
@@ -214,11 +223,11 @@ class _Collapsed(DCGANGenerator):
 
 
 def _force_collapse(monkeypatch):
-    import ganpipe.engine as engine
+    import ganpipe.training.engine as engine
 
     def build(config):
         G = _Collapsed(config["z_dim"], config["channels"], config["resolution"], config["g_channels"])
-        from ganpipe.models import init_weights
+        from ganpipe.nets.dcgan import init_weights
 
         G.apply(init_weights)
         return G
@@ -241,8 +250,13 @@ def test_a_collapsed_generator_trips_the_alarm_and_stops_the_run(tmp_path, monke
 
 
 def test_the_alarm_tells_a_training_generator_from_a_collapsed_one(tmp_path, monkeypatch):
-    alarm = {"total_kimg": 0.384, "collapse_after_kimg": 0.0, "collapse_patience": 1, "collapse_action": "warn",
-             "collapse_threshold": 1e-4}
+    alarm = {
+        "total_kimg": 0.384,
+        "collapse_after_kimg": 0.0,
+        "collapse_patience": 1,
+        "collapse_action": "warn",
+        "collapse_threshold": 1e-4,
+    }
     p, lay = _project(tmp_path / "healthy", train=alarm)
     info = train(p, lay.prepared_dir, lay.models_dir, lay.root)
     client = mlflow_client(lay.root)
@@ -260,9 +274,25 @@ def test_the_alarm_tells_a_training_generator_from_a_collapsed_one(tmp_path, mon
 def test_two_processes_on_gloo_train_and_rank_0_alone_writes(tmp_path):
     p, lay = _project(tmp_path, train={"total_kimg": 0.512, "snapshot_kimg": 0.256})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "ganpipe", "-C", str(lay.root), "train"], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "ganpipe",
+            "-C",
+            str(lay.root),
+            "train",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("trained 0.512 kimg") == 1  # rank 0 reports; rank 1 is silent
     client = mlflow_client(lay.root)

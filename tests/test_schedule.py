@@ -6,19 +6,23 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ganpipe.errors import ConfigError
-from ganpipe.params import ScheduleParams
+from ganpipe.core.errors import ConfigError
+from ganpipe.core.params import ScheduleParams
 from tests.conftest import forget_nightly, make_project, nightly_deployment
 
 
 def test_schedule_without_a_server_is_one_clear_error(project, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    proc = subprocess.run([sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"], capture_output=True,
-                          text=True, env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+    )
     assert proc.returncode == 2 and "no Prefect server: start one with `ganpipe server`" in proc.stderr
 
 
@@ -29,7 +33,7 @@ def _nightly() -> dict:
 
 
 def test_bad_cron_and_time_zone_are_config_errors():
-    from ganpipe.schedule import cron_schedule
+    from ganpipe.orchestration.schedule import cron_schedule
 
     with pytest.raises(ConfigError, match="schedule.cron = '61 2 \\* \\* \\*'"):
         cron_schedule(ScheduleParams(**{**_nightly(), "cron": "61 2 * * *"}))
@@ -40,30 +44,48 @@ def test_bad_cron_and_time_zone_are_config_errors():
 def test_flows_started_under_heartbeats_beat_at_the_params_cadence(monkeypatch):
     from prefect.settings import get_current_settings
 
-    from ganpipe.watchdog import HEARTBEAT_ENV, heartbeats
+    from ganpipe.orchestration.watchdog import HEARTBEAT_ENV, heartbeats
 
     monkeypatch.delenv(HEARTBEAT_ENV, raising=False)
     sp = ScheduleParams(**{**_nightly(), "heartbeat_s": 45, "crashed_after_s": 100})
     with heartbeats(sp):
         assert get_current_settings().flows.heartbeat_frequency == 45  # flows run in this process
-        child = subprocess.run([sys.executable, "-c", "from prefect.settings import get_current_settings as s; "
-                                "print(s().flows.heartbeat_frequency)"], capture_output=True, text=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from prefect.settings import get_current_settings as s; print(s().flows.heartbeat_frequency)",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert child.stdout.strip() == "45"  # served runs: child processes
     assert HEARTBEAT_ENV not in os.environ and get_current_settings().flows.heartbeat_frequency != 45
 
 
 def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project, prefect_harness):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         with get_client(sync_client=True) as client:
             deployment = _wait("deployment", lambda: nightly_deployment(client), 120, proc)
@@ -72,14 +94,17 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
             assert deployment.parameters == {"project_dir": str(project.resolve())}
             # what the server's scheduler does: materialise the next runs; the first is the next 02:00 UTC
             client.request("POST", f"/deployments/{deployment.id}/schedule", json={"max_runs": 3})
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             expected = now.replace(hour=2, minute=0, second=0, microsecond=0)
             if expected <= now:
                 expected += timedelta(days=1)
             scheduled = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["SCHEDULED"]))
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            )
             assert scheduled and scheduled[0].expected_start_time == expected
             assert [r.expected_start_time - expected for r in scheduled[:3]] == [timedelta(days=d) for d in range(3)]
             client.delete_flow_run(scheduled[0].id)  # keep the served process to the run triggered below
@@ -155,7 +180,7 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    from ganpipe.watchdog import AUTOMATION, NOTIFIER
+    from ganpipe.orchestration.watchdog import AUTOMATION, NOTIFIER
 
     with get_client(sync_client=True) as client:  # what earlier tests left on the shared server
         forget_nightly(client)
@@ -164,8 +189,14 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
     raw = {**tiny_raw, "schedule": {**tiny_raw["schedule"], **sp}}
     project = make_project(tmp_path / "project", raw)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     with get_client(sync_client=True) as client:
         try:
             _wait("deployment", lambda: nightly_deployment(client), 120, proc)
@@ -192,23 +223,31 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
             killed_at = time.monotonic()
             assert client.read_flow_run(doomed.id).state.is_running()  # what a lost machine leaves
 
-            crashed = _wait("Crashed state", lambda: (s := client.read_flow_run(doomed.id).state).is_crashed() and s,
-                            sp["heartbeat_s"] + sp["crashed_after_s"] + 60)
+            crashed = _wait(
+                "Crashed state",
+                lambda: (s := client.read_flow_run(doomed.id).state).is_crashed() and s,
+                sp["heartbeat_s"] + sp["crashed_after_s"] + 60,
+            )
             assert "no heartbeat for 60 s" in crashed.message
             assert time.monotonic() - killed_at > sp["crashed_after_s"] - sp["heartbeat_s"]  # not before it was due
             assert client.read_flow_run(finished.id).state.is_completed()  # ended normally: left alone
             (notice,) = _wait("failure notice", lambda: received, 30)
-            assert notice == {"text": f"ganpipe: flow run training-pipeline/{doomed.name} crashed: {crashed.message}",
-                              "flow": "training-pipeline", "flow_run_name": doomed.name,
-                              "flow_run_id": str(doomed.id), "state": "Crashed", "message": crashed.message,
-                              "project_dir": str(project.resolve())}
+            assert notice == {
+                "text": f"ganpipe: flow run training-pipeline/{doomed.name} crashed: {crashed.message}",
+                "flow": "training-pipeline",
+                "flow_run_name": doomed.name,
+                "flow_run_id": str(doomed.id),
+                "state": "Crashed",
+                "message": crashed.message,
+                "project_dir": str(project.resolve()),
+            }
             time.sleep(5)
             assert len(received) == 1  # the finished run was not reported
         finally:
             _kill_tree(psutil.Process(proc.pid) if proc.poll() is None else None)
             # the dead training's slot lease expires after crashed_after_s on a real server; the test
             # harness runs no lease repossessor, so free the device for the tests that follow
-            from flows.training_pipeline import training_slot_name
+            from ganpipe.orchestration.pipeline import training_slot_name
 
             client.delete_global_concurrency_limit_by_name(training_slot_name(tiny_raw["base"]["device"]))
             forget_nightly(client)

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ganpipe.evaluate import evaluate
-from ganpipe.generate import generate, replay
-from ganpipe.images import png_text
-from ganpipe.registry import register
-from ganpipe.serving import BadRequest, parse_records
+from ganpipe.core.images import png_text
+from ganpipe.evaluation.evaluate import evaluate
+from ganpipe.registry.register import register
+from ganpipe.serving.generate import generate, replay
+from ganpipe.serving.pyfunc import BadRequest, parse_records
 from tests.conftest import free_port, wait_for_http
 
 
@@ -28,18 +28,20 @@ def test_records_are_validated_one_by_one():
     frame = pd.DataFrame([{"seed": 3, "psi": 0.5, "class": 2}, {"seed": 4}])
     assert parse_records(frame, 10, 8) == [(3, 0.5, 2), (4, 1.0, 4)]
     assert parse_records(pd.DataFrame({"seed": [7]}), 0, 8) == [(7, 1.0, None)]
-    bad = [([{"seed": 1, "colour": "red"}], 10, "unknown field 'colour'"),
-           ([{"psi": 0.5}], 10, "needs a 'seed'"),
-           ([{"seed": 1}, {"psi": 0.5}], 10, "record 1: missing 'seed'"),
-           ([{"seed": "one"}], 10, "seed must be an integer, got 'one'"),
-           ([{"seed": 1.5}], 10, "seed must be an integer"),
-           ([{"seed": True}], 10, "seed must be an integer"),
-           ([{"seed": -1}], 10, "outside 0.."),
-           ([{"seed": 1, "psi": 0}], 10, "psi must be a number in"),
-           ([{"seed": 1, "psi": "x"}], 10, "psi must be a number in"),
-           ([{"seed": 1, "class": 10}], 10, "class 10 is outside 0..9"),
-           ([{"seed": 1, "class": 1}], 0, "unconditional"),
-           ([{"seed": i} for i in range(9)], 10, "at most 8 images")]
+    bad = [
+        ([{"seed": 1, "colour": "red"}], 10, "unknown field 'colour'"),
+        ([{"psi": 0.5}], 10, "needs a 'seed'"),
+        ([{"seed": 1}, {"psi": 0.5}], 10, "record 1: missing 'seed'"),
+        ([{"seed": "one"}], 10, "seed must be an integer, got 'one'"),
+        ([{"seed": 1.5}], 10, "seed must be an integer"),
+        ([{"seed": True}], 10, "seed must be an integer"),
+        ([{"seed": -1}], 10, "outside 0.."),
+        ([{"seed": 1, "psi": 0}], 10, "psi must be a number in"),
+        ([{"seed": 1, "psi": "x"}], 10, "psi must be a number in"),
+        ([{"seed": 1, "class": 10}], 10, "class 10 is outside 0..9"),
+        ([{"seed": 1, "class": 1}], 0, "unconditional"),
+        ([{"seed": i} for i in range(9)], 10, "at most 8 images"),
+    ]
     for records, k, message in bad:
         with pytest.raises(BadRequest, match=message):
             parse_records(pd.DataFrame(records), k, 8)
@@ -71,9 +73,13 @@ def server(conditional_project):
     # as a user would start it, without the venv on PATH (mlflow looks uvicorn up by name)
     bindir = str(Path(sys.executable).parent)
     path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != bindir)
-    proc = subprocess.Popen([sys.executable, "-m", "ganpipe", "-C", str(lay.root), "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PATH": path})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PATH": path},
+    )
     wait_for_http(proc, port, "/ping")
     yield p, lay, r, port
     proc.terminate()
@@ -95,8 +101,15 @@ def test_champion_serves_png_images_with_provenance(server, tmp_path):
     assert text["ganpipe:version"] == r["champion"] and text["ganpipe:alias"] == p.registry.alias
     assert text["ganpipe:model_uri"] == f"models:/{p.registry.model_name}/{r['champion']}"
     # the same pixels as `ganpipe generate` for that seed, psi and class, and replayable from the file
-    local = generate(f"models:/{p.registry.model_name}@{p.registry.alias}", 1, 41, tmp_path / "local.png",
-                     psi=0.7, class_=3, root=lay.root)[0]
+    local = generate(
+        f"models:/{p.registry.model_name}@{p.registry.alias}",
+        1,
+        41,
+        tmp_path / "local.png",
+        psi=0.7,
+        class_=3,
+        root=lay.root,
+    )[0]
     pixels = np.asarray(Image.open(io.BytesIO(served.read_bytes())))
     assert np.array_equal(pixels, np.asarray(Image.open(local)))
     assert np.array_equal(np.asarray(Image.open(replay(served, tmp_path / "again.png", lay.root))), pixels)
@@ -105,17 +118,20 @@ def test_champion_serves_png_images_with_provenance(server, tmp_path):
     assert status == 200 and body["predictions"][0]["class"] == 1
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"dataframe_records": [{"seed": 1, "colour": "red"}]}, "unknown field"),
-    ({"dataframe_records": [{"seed": "one"}]}, "integer"),
-    ({"dataframe_records": [{"seed": 2.5}]}, "integer"),
-    ({"dataframe_records": [{"seed": 1, "class": 99}]}, "outside"),
-    ({"dataframe_records": [{"seed": 1, "psi": -1}]}, "psi"),
-    ({"dataframe_records": [{"seed": i} for i in range(65)]}, "at most 64"),
-    ({"dataframe_records": []}, ""),
-    ({"something": [1]}, ""),
-    ("{not json", ""),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"dataframe_records": [{"seed": 1, "colour": "red"}]}, "unknown field"),
+        ({"dataframe_records": [{"seed": "one"}]}, "integer"),
+        ({"dataframe_records": [{"seed": 2.5}]}, "integer"),
+        ({"dataframe_records": [{"seed": 1, "class": 99}]}, "outside"),
+        ({"dataframe_records": [{"seed": 1, "psi": -1}]}, "psi"),
+        ({"dataframe_records": [{"seed": i} for i in range(65)]}, "at most 64"),
+        ({"dataframe_records": []}, ""),
+        ({"something": [1]}, ""),
+        ("{not json", ""),
+    ],
+)
 def test_bad_requests_get_a_4xx_never_a_500(server, body, message):
     *_, port = server
     status, reply = _post(port, body)

@@ -8,20 +8,29 @@ import sys
 import pytest
 import yaml
 
-from ganpipe.errors import ConfigError
-from ganpipe.params import parse_params
-from ganpipe.sweep import apply, best, candidates, overrides_args, validate
+from ganpipe.core.errors import ConfigError
+from ganpipe.core.params import parse_params
+from ganpipe.orchestration.sweep import apply, best, candidates, overrides_args, validate
 from tests.conftest import make_project, run, tiny_params_dict
 
 
 def test_grid_and_list_expand_to_unique_validated_candidates():
-    raw = tiny_params_dict(sweep={"grid": {"train.lr": [0.0002, 0.0001], "train.loss": ["hinge", "lsgan"]},
-                                  "candidates": [{"train.lr": 0.0001, "train.loss": "hinge"}, {"model.arch": "resnet"}]})
+    raw = tiny_params_dict(
+        sweep={
+            "grid": {"train.lr": [0.0002, 0.0001], "train.loss": ["hinge", "lsgan"]},
+            "candidates": [{"train.lr": 0.0001, "train.loss": "hinge"}, {"model.arch": "resnet"}],
+        }
+    )
     found = candidates(parse_params(raw).sweep)
     assert len(found) == 5 and found[0] == {"train.lr": 0.0002, "train.loss": "hinge"}  # the duplicate once
     params = validate(raw, found)
     assert params[4].model.arch == "resnet" and params[1].train.loss == "lsgan"
-    assert overrides_args({"train.lr": 0.0001, "train.loss": "hinge"}) == ["-S", "train.lr=0.0001", "-S", "train.loss=hinge"]
+    assert overrides_args({"train.lr": 0.0001, "train.loss": "hinge"}) == [
+        "-S",
+        "train.lr=0.0001",
+        "-S",
+        "train.loss=hinge",
+    ]
 
 
 def test_bad_candidates_fail_before_anything_runs():
@@ -37,12 +46,15 @@ def test_bad_candidates_fail_before_anything_runs():
 
 
 def test_best_follows_the_metric_direction():
-    results = [{"name": "a", "scores": {"kid": 0.3, "recall": 0.2}}, {"name": "b", "scores": {"kid": 0.1, "recall": 0.1}}]
+    results = [
+        {"name": "a", "scores": {"kid": 0.3, "recall": 0.2}},
+        {"name": "b", "scores": {"kid": 0.1, "recall": 0.1}},
+    ]
     assert best(results, "kid")["name"] == "b" and best(results, "recall")["name"] == "a"
 
 
 def test_sweep_flow_trains_each_candidate_as_an_experiment_and_registers_the_best(tmp_path, prefect_harness):
-    from flows.sweep import sweep
+    from ganpipe.orchestration.sweep_flow import sweep
 
     raw = tiny_params_dict(sweep={"grid": {"train.total_kimg": [0.064, 0.256]}, "candidates": []})
     project = make_project(tmp_path / "project", raw)
@@ -68,7 +80,7 @@ def test_sweep_flow_trains_each_candidate_as_an_experiment_and_registers_the_bes
 
 
 def test_parallel_sweep_runs_the_candidates_through_dvcs_queue(tmp_path, prefect_harness):
-    from flows.sweep import sweep
+    from ganpipe.orchestration.sweep_flow import sweep
 
     raw = tiny_params_dict(sweep={"grid": {"train.total_kimg": [0.064, 0.256]}, "candidates": [], "jobs": 2})
     project = make_project(tmp_path / "project", raw)
@@ -86,6 +98,7 @@ def test_parallel_sweep_runs_the_candidates_through_dvcs_queue(tmp_path, prefect
     from tests.conftest import mlflow_client
 
     client = mlflow_client(project)
-    runs = client.search_runs([client.get_experiment_by_name(raw["base"]["experiment"]).experiment_id],
-                              "tags.`ganpipe.stage` = 'train'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name(raw["base"]["experiment"]).experiment_id], "tags.`ganpipe.stage` = 'train'"
+    )
     assert len(runs) == 2 and winner["mlflow_run_id"] in {r.info.run_id for r in runs}

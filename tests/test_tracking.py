@@ -10,7 +10,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ganpipe import tracking
+from ganpipe.core import tracking
 
 
 def test_each_project_gets_its_own_store_even_after_configure(tmp_path, monkeypatch):
@@ -34,10 +34,12 @@ def test_user_override_wins_and_survives_configure(tmp_path, monkeypatch):
 
 def _lock_sqlite(db, seconds: float) -> subprocess.Popen:
     """Another process holding SQLite's write lock on `db` for `seconds` (a concurrent run's commit)."""
-    code = ("import sqlite3, sys, time\n"
-            f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-            "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\n"
-            f"time.sleep({seconds})\nc.execute('ROLLBACK')\n")
+    code = (
+        "import sqlite3, sys, time\n"
+        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\n"
+        f"time.sleep({seconds})\nc.execute('ROLLBACK')\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
@@ -60,7 +62,7 @@ _SAME_DATA_AT_ONCE = """
 import sys, time
 from pathlib import Path
 import mlflow
-from ganpipe import tracking
+from ganpipe.core import tracking
 root, go, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 tracking.configure(root)
 for i in range(rounds):
@@ -82,8 +84,15 @@ def test_trainings_of_the_same_data_starting_at_once_both_log_it(tmp_path, monke
     for i in range(rounds):
         tracking.experiment_id(f"sweep-{i}", tmp_path)  # the store and experiments exist before the race
     go = time.time() + 6  # after both interpreters have imported MLflow
-    procs = [subprocess.Popen([sys.executable, "-c", _SAME_DATA_AT_ONCE, str(tmp_path), str(go), str(rounds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAME_DATA_AT_ONCE, str(tmp_path), str(go), str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=120)[0] for p in procs]
     finally:
@@ -104,15 +113,19 @@ def test_a_lost_dataset_insert_race_is_retried_and_other_errors_are_not(tmp_path
     def racing(*args, **kwargs):  # the other process inserted the same dataset first, once
         calls.append(1)
         if len(calls) == 1:
-            raise mlflow.exceptions.MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
-                                                    "datasets.experiment_id, datasets.name, datasets.digest")
+            raise mlflow.exceptions.MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                "datasets.experiment_id, datasets.name, datasets.digest"
+            )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mlflow, "log_input", racing)
     with mlflow.start_run(experiment_id=tracking.experiment_id("demo", tmp_path)) as run:
         tracking.log_dataset(tmp_path, {"source": "digits", "sha256": "cd" * 32}, "md5")
     assert len(calls) == 2
-    assert [d.dataset.digest for d in MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs] == ["cdcdcdcdcdcdcdcd"]
+    assert [d.dataset.digest for d in MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs] == [
+        "cdcdcdcdcdcdcdcd"
+    ]
 
     def broken(*args, **kwargs):
         calls.append(1)

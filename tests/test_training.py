@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from ganpipe.checkpoint import load_checkpoint, load_generator
-from ganpipe.data import prepare
-from ganpipe.errors import ConfigError, DataError
-from ganpipe.models import sample
-from ganpipe.paths import layout
-from ganpipe.device import resolve_device
-from ganpipe.train import train
+from ganpipe.core.device import resolve_device
+from ganpipe.core.errors import ConfigError, DataError
+from ganpipe.core.paths import layout
+from ganpipe.data.prepare import prepare
+from ganpipe.nets.checkpoint import generator_from_checkpoint, load_checkpoint
+from ganpipe.nets.models import sample
+from ganpipe.training.loop import train
 from tests.conftest import mlflow_client
 
 
@@ -29,11 +29,24 @@ def trained(tmp_path, tiny):
 def test_training_writes_a_loadable_checkpoint(trained, tiny):
     lay, info = trained
     ckpt = load_checkpoint(lay.checkpoint_path)  # weights_only=True inside
-    assert {"G", "D", "G_ema", "opt_G", "opt_D", "nimg", "generator_config", "params", "rng", "shuffle_rng",
-            "mlflow_run_id", "scaler", "augment"} <= ckpt.keys()
+    assert {
+        "G",
+        "D",
+        "G_ema",
+        "opt_G",
+        "opt_D",
+        "nimg",
+        "generator_config",
+        "params",
+        "rng",
+        "shuffle_rng",
+        "mlflow_run_id",
+        "scaler",
+        "augment",
+    } <= ckpt.keys()
     last = load_checkpoint(lay.models_dir / "last.pt")
     assert last["nimg"] >= tiny.train.total_kimg * 1000 >= ckpt["nimg"] == info["best_kimg"] * 1000
-    G, config = load_generator(lay.checkpoint_path)
+    G, config = generator_from_checkpoint(lay.checkpoint_path)
     x = sample(G, [0, 1, 2])
     assert x.shape == (3, config["channels"], config["resolution"], config["resolution"])
     # EMA generator differs from the raw one (it averages), and training moved the weights
@@ -94,14 +107,14 @@ def test_bad_inputs_are_clear_errors(tmp_path, tiny):
 
 def _halves_dataset(d, n: int = 256, num_classes: int = 2, size: int = 16) -> None:
     """A labelled toy set: class 0 bright on the left half, class 1 bright on the right half."""
-    from ganpipe.io import write_json
-    from ganpipe.shards import ShardWriter
+    from ganpipe.core.io import write_json
+    from ganpipe.data.shards import ShardWriter
 
     rng = np.random.default_rng(0)
     y = np.arange(n) % 2
     x = np.zeros((n, 1, size, size), np.int64)
-    x[y == 0, :, :, :size // 2] = 255
-    x[y == 1, :, :, size // 2:] = 255
+    x[y == 0, :, :, : size // 2] = 255
+    x[y == 1, :, :, size // 2 :] = 255
     x = np.clip(x + rng.integers(-20, 20, x.shape), 0, 255).astype(np.uint8)
     d.mkdir(parents=True)
     shards = {}
@@ -110,22 +123,36 @@ def _halves_dataset(d, n: int = 256, num_classes: int = 2, size: int = 16) -> No
         for img, label in zip(x, y if num_classes > 1 else 0 * y):
             w.add(img, label)
         shards[split] = w.close()
-    write_json(d / "manifest.json", {"source": "halves", "resolution": size, "channels": 1, "num_classes": num_classes,
-                                     "class_names": ["left", "right"][:num_classes], "sha256": "0" * 64,
-                                     "shards": shards, "skipped": {"count": 0, "by_reason": {}, "items": []},
-                                     "counts": {s: {"images": n} for s in shards}})
+    write_json(
+        d / "manifest.json",
+        {
+            "source": "halves",
+            "resolution": size,
+            "channels": 1,
+            "num_classes": num_classes,
+            "class_names": ["left", "right"][:num_classes],
+            "sha256": "0" * 64,
+            "shards": shards,
+            "skipped": {"count": 0, "by_reason": {}, "items": []},
+            "counts": {s: {"images": n} for s in shards},
+        },
+    )
 
 
 def test_conditional_generator_draws_the_requested_class(tmp_path):
+    from ganpipe.core.params import parse_params
     from tests.conftest import tiny_params_dict
-    from ganpipe.params import parse_params
 
     lay = layout(tmp_path)
     _halves_dataset(lay.prepared_dir)
-    p = parse_params(tiny_params_dict(model={"g_channels": 16, "d_channels": 16, "conditional": True},
-                                      train={"total_kimg": 24.0, "snapshot_kimg": 24.0, "lr": 0.0005, "ema_kimg": 0.1}))
+    p = parse_params(
+        tiny_params_dict(
+            model={"g_channels": 16, "d_channels": 16, "conditional": True},
+            train={"total_kimg": 24.0, "snapshot_kimg": 24.0, "lr": 0.0005, "ema_kimg": 0.1},
+        )
+    )
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
-    G, config = load_generator(lay.checkpoint_path)
+    G, config = generator_from_checkpoint(lay.checkpoint_path)
     assert config["num_classes"] == 2 and config["class_names"] == ["left", "right"]
     seeds = list(range(32))
     left, right = (sample(G, seeds, class_=k).float() for k in (0, 1))
@@ -137,17 +164,28 @@ def test_conditional_generator_draws_the_requested_class(tmp_path):
 
 
 def test_conditional_resnet_with_projection_discriminator_draws_the_requested_class(tmp_path):
+    from ganpipe.core.params import parse_params
     from tests.conftest import tiny_params_dict
-    from ganpipe.params import parse_params
 
     lay = layout(tmp_path)
     _halves_dataset(lay.prepared_dir, size=32)
-    p = parse_params(tiny_params_dict(data={"resolution": 32},
-                                      model={"arch": "resnet", "g_channels": 8, "d_channels": 8, "conditional": True},
-                                      train={"loss": "hinge", "total_kimg": 12.0, "snapshot_kimg": 12.0, "lr": 0.0005,
-                                             "beta1": 0.0, "beta2": 0.9, "ema_kimg": 0.1}))
+    p = parse_params(
+        tiny_params_dict(
+            data={"resolution": 32},
+            model={"arch": "resnet", "g_channels": 8, "d_channels": 8, "conditional": True},
+            train={
+                "loss": "hinge",
+                "total_kimg": 12.0,
+                "snapshot_kimg": 12.0,
+                "lr": 0.0005,
+                "beta1": 0.0,
+                "beta2": 0.9,
+                "ema_kimg": 0.1,
+            },
+        )
+    )
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
-    G, config = load_generator(lay.checkpoint_path)
+    G, config = generator_from_checkpoint(lay.checkpoint_path)
     assert config["arch"] == "resnet" and config["num_classes"] == 2
     left, right = (sample(G, list(range(32)), class_=k).float() for k in (0, 1))
     assert left[..., :16].mean() - left[..., 16:].mean() > 100
@@ -155,8 +193,8 @@ def test_conditional_resnet_with_projection_discriminator_draws_the_requested_cl
 
 
 def test_conditional_model_needs_labels(tmp_path):
+    from ganpipe.core.params import parse_params
     from tests.conftest import tiny_params_dict
-    from ganpipe.params import parse_params
 
     lay = layout(tmp_path)
     _halves_dataset(lay.prepared_dir, num_classes=1)

@@ -16,20 +16,36 @@ import numpy as np
 import pytest
 from torchvision import datasets as tvd
 
-from ganpipe.errors import ConfigError, DataError
-from ganpipe.tvdata import DATASETS, LICENCES, load
+from ganpipe.core.errors import ConfigError, DataError
+from ganpipe.data.tvdata import DATASETS, LICENCES, load
 
 N_TRAIN, N_TEST = 6, 4
 PLANT = (1, 3, 250)  # row, column, value planted in train image 0: off the diagonal, so a transpose shows
-MNIST_NAMES = [f"{i} - {w}" for i, w in enumerate(
-    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])]
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                 "Ankle boot"]
+MNIST_NAMES = [
+    f"{i} - {w}" for i, w in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+]
+FASHION_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = [f"fine_{i}" for i in range(100)]  # the real names are not needed to test the reading
 STL10_NAMES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
-          "stl10": (96, 96, 3)}
+SHAPES = {
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+    "stl10": (96, 96, 3),
+}
 
 
 def _md5(path: Path) -> str:
@@ -74,12 +90,23 @@ def _write_cifar10(root: Path, split: dict, monkeypatch) -> None:
     (x, y), bounds = split["train"], [0, 2, 3, 4, 5, 6]  # 6 images over the 5 training batches
     for i in range(5):
         lo, hi = bounds[i], bounds[i + 1]
-        batch = {"batch_label": f"training batch {i + 1} of 5", "labels": y[lo:hi].tolist(),
-                 "data": _cifar_rows(x[lo:hi]), "filenames": [f"{j}.png" for j in range(lo, hi)]}
+        batch = {
+            "batch_label": f"training batch {i + 1} of 5",
+            "labels": y[lo:hi].tolist(),
+            "data": _cifar_rows(x[lo:hi]),
+            "filenames": [f"{j}.png" for j in range(lo, hi)],
+        }
         _pickle(base / f"data_batch_{i + 1}", batch)
     x, y = split["test"]
-    _pickle(base / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": y.tolist(), "data": _cifar_rows(x),
-                                  "filenames": [f"{j}.png" for j in range(len(x))]})
+    _pickle(
+        base / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": y.tolist(),
+            "data": _cifar_rows(x),
+            "filenames": [f"{j}.png" for j in range(len(x))],
+        },
+    )
     _pickle(base / "batches.meta", {"num_cases_per_batch": 10000, "label_names": CIFAR10_NAMES, "num_vis": 3072})
     cls = tvd.CIFAR10
     monkeypatch.setattr(cls, "train_list", [[f, _md5(base / f)] for f, _ in cls.train_list])
@@ -91,8 +118,16 @@ def _write_cifar100(root: Path, split: dict, monkeypatch) -> None:
     base = root / "cifar-100-python"
     base.mkdir()
     for file, (x, y) in (("train", split["train"]), ("test", split["test"])):
-        _pickle(base / file, {"filenames": [f"{j}.png" for j in range(len(x))], "batch_label": f"{file} batch 1 of 1",
-                              "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist(), "data": _cifar_rows(x)})
+        _pickle(
+            base / file,
+            {
+                "filenames": [f"{j}.png" for j in range(len(x))],
+                "batch_label": f"{file} batch 1 of 1",
+                "fine_labels": y.tolist(),
+                "coarse_labels": (y // 5).tolist(),
+                "data": _cifar_rows(x),
+            },
+        )
     _pickle(base / "meta", {"fine_label_names": CIFAR100_NAMES, "coarse_label_names": [f"c{i}" for i in range(20)]})
     cls = tvd.CIFAR100
     monkeypatch.setattr(cls, "train_list", [["train", _md5(base / "train")]])
@@ -119,8 +154,10 @@ def _fixture(name: str, root: Path, monkeypatch) -> dict:
     """Write tiny train/test files for `name` under root; return the arrays they must read back as."""
     shape, num_classes = SHAPES[name], 100 if name == "cifar100" else 10
     rng = np.random.default_rng(1)
-    split = {"train": (_images(shape, N_TRAIN, 2), rng.integers(0, num_classes, N_TRAIN)),
-             "test": (_images(shape, N_TEST, 3), rng.integers(0, num_classes, N_TEST))}
+    split = {
+        "train": (_images(shape, N_TRAIN, 2), rng.integers(0, num_classes, N_TRAIN)),
+        "test": (_images(shape, N_TEST, 3), rng.integers(0, num_classes, N_TEST)),
+    }
     split["train"][1][:2] = [0, num_classes - 1]  # both ends of the label range (STL-10's 1-based shift)
     if name in ("mnist", "fashion_mnist"):
         _write_mnist(root, {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name], split)
@@ -143,8 +180,13 @@ def test_load_reads_real_format(name, tmp_path, monkeypatch):
     # Upright: the planted pixel sits at (row, column), not at its transpose.
     row, col, value = PLANT
     assert (ds.train[0][0, row, col] == value).all() and (ds.train[0][0, col, row] != value).all()
-    names = {"mnist": MNIST_NAMES, "fashion_mnist": FASHION_NAMES, "cifar10": CIFAR10_NAMES,
-             "cifar100": CIFAR100_NAMES, "stl10": STL10_NAMES}[name]
+    names = {
+        "mnist": MNIST_NAMES,
+        "fashion_mnist": FASHION_NAMES,
+        "cifar10": CIFAR10_NAMES,
+        "cifar100": CIFAR100_NAMES,
+        "stl10": STL10_NAMES,
+    }[name]
     assert ds.class_names == names
 
 
@@ -163,8 +205,11 @@ def test_missing_files_is_data_error_naming_root(name, tmp_path):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
 def test_file_failing_its_checksum_is_data_error(name, tmp_path, monkeypatch):
     _fixture(name, tmp_path, monkeypatch)
-    folder = {"cifar10": "cifar-10-batches-py/test_batch", "cifar100": "cifar-100-python/test",
-              "stl10": "stl10_binary/test_y.bin"}[name]
+    folder = {
+        "cifar10": "cifar-10-batches-py/test_batch",
+        "cifar100": "cifar-100-python/test",
+        "stl10": "stl10_binary/test_y.bin",
+    }[name]
     path = tmp_path / folder
     data = path.read_bytes()
     path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, one byte changed

@@ -1,0 +1,170 @@
+"""MLflow tracking set-up: where runs go and how stages attach to the training run.
+
+Default store: `sqlite:///<project>/mlflow.db` with artifacts under `<project>/mlartifacts`;
+`MLFLOW_TRACKING_URI` overrides. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+# MLflow limits one log_batch call to 1000 metrics.
+_BATCH = 1000
+DATASET_ATTEMPTS = 5
+
+
+def quiet_telemetry() -> None:
+    """Opt out of usage telemetry of the tools we drive, so nothing waits on the network."""
+    for key in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+        os.environ.setdefault(key, "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def tracking_uri(root: str | Path) -> str:
+    """$MLFLOW_TRACKING_URI, else the project's `mlflow.db`. On SQLite, MLflow 3 opens every session with
+    `PRAGMA busy_timeout = 20000`: a writer waits up to 20 s for another instead of failing with
+    "database is locked" (tests/test_tracking.py holds the lock longer than sqlite3's 5 s default)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def configure(root: str | Path) -> str:
+    """Point MLflow (tracking and registry) at the project's store; return the URI."""
+    uri = tracking_uri(root)
+    before = {k: os.environ.get(k) for k in _URI_VARS}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    # MLflow also exports the URIs to os.environ; undo that, or the next project's store (or a
+    # child process) would mistake this one for the user's MLFLOW_TRACKING_URI override.
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    return uri
+
+
+def experiment_id(name: str, root: str | Path) -> str:
+    """Get or create the experiment; new ones keep artifacts in `<project>/mlartifacts` for local stores."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri(root).startswith("sqlite:"):
+        location = (Path(root).resolve() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_metric_series(run_id: str, series: list[tuple[str, float, int]]) -> None:
+    """Log (key, value, step) triples in as few calls as MLflow allows."""
+    client = MlflowClient()
+    import time
+
+    ts = int(time.time() * 1000)
+    metrics = [Metric(key, float(v), ts, int(step)) for key, v, step in series]
+    for i in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _BATCH], synchronous=True)
+
+
+def run_result(run_id: str) -> dict:
+    """The evaluation result logged to a run: its metrics, fingerprint and protocol tags."""
+    from ganpipe.core.errors import DataError
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise DataError(f"runs:/{run_id}: {exc.message.splitlines()[0]}") from None
+    prefix = "eval.protocol."
+    protocol = {k[len(prefix) :]: v for k, v in run.data.tags.items() if k.startswith(prefix)}
+    return {
+        **{k: float(v) for k, v in run.data.metrics.items()},
+        "fingerprint": run.data.tags.get("eval.fingerprint", ""),
+        "protocol": protocol,
+    }
+
+
+def git_commit(root: str | Path) -> str:
+    """HEAD commit of the project repo, with '-dirty' when tracked files changed; 'unknown' outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def log_dataset(prepared_dir: str | Path, manifest: dict, dvc_md5: str) -> None:
+    """The prepared data as the active run's dataset input (MLflow's Datasets tab): its content sha256,
+    source and the hash DVC recorded for it, so a run says exactly what it was trained on."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow registers its local-path source twice and says so on every call
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(prepared_dir).resolve()))
+    ds = MetaDataset(source, name=manifest["source"], digest=manifest["sha256"][:16])
+    tags = {"sha256": manifest["sha256"], "dvc_md5": dvc_md5 or "unknown", "source": manifest["source"]}
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            mlflow.log_input(ds, context="training", tags=tags)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            # MLflow inserts a dataset when it finds none: two trainings of the same data starting at once
+            # (a parallel sweep) race, and the loser's whole transaction is rolled back. Retried, it finds
+            # the winner's row and links to it.
+            msg = str(exc).lower()  # SQLite/PostgreSQL: "unique constraint ... datasets"; MySQL: "duplicate entry"
+            lost_race = "datasets" in msg and ("unique constraint" in msg or "duplicate entry" in msg)
+            if not lost_race or attempt == DATASET_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def describe_run(run_id: str, markdown: str) -> None:
+    """Set a run's description (the MLflow UI's notes) to `markdown`."""
+    MlflowClient().set_tag(run_id, "mlflow.note.content", markdown)
+
+
+def log_skipped_run(root: str | Path, experiment: str, reason: str, markdown: str) -> str:
+    """A run that records a pipeline run that had nothing to do (seen in the MLflow UI); returns its id."""
+    configure(root)
+    with mlflow.start_run(experiment_id=experiment_id(experiment, root), run_name="skipped: nothing changed") as run:
+        mlflow.set_tags({"ganpipe.stage": "pipeline", "ganpipe.skipped": reason, "mlflow.note.content": markdown})
+    return run.info.run_id
+
+
+def fail_run_if_running(run_id: str, message: str) -> bool:
+    """Mark a run that its process left RUNNING (killed, out of memory) as FAILED, with the reason as
+    tag `ganpipe.failure`; True when it did. A resumed training reopens the same run."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    if run.info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "ganpipe.failure", message[:5000])
+    client.set_terminated(run_id, status="FAILED")
+    return True

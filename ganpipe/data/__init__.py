@@ -1,0 +1,1 @@
+"""Dataset preparation (the `prepare` stage): sources, decoding, duplicate detection and sharding."""

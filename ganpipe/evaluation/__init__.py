@@ -1,0 +1,1 @@
+"""Features, metrics and the `ref-stats` / `evaluate` stages; results carry their protocol."""

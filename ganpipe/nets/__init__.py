@@ -1,0 +1,1 @@
+"""The networks (DCGAN, SNGAN-style ResNet), sampling and checkpoints."""

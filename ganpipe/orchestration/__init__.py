@@ -1,0 +1,1 @@
+"""Prefect: the training and sweep flows, schedules, the watchdog, notifications and reports."""

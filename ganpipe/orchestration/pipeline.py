@@ -1,0 +1,271 @@
+"""The `training-pipeline` flow: one task per DVC stage, in order, then the registration result.
+
+Each task runs `dvc repro --single-item <stage>`, so DVC decides what is stale and a flow run leaves
+exactly the `dvc.lock` that `dvc repro` leaves. After `prepare`, the prepared data is pushed to the DVC
+remote (`dvc pull` restores it elsewhere). When DVC reports nothing stale, the run ends at once as
+"Skipped" (a nightly run on unchanged data costs seconds); `force=True` retrains anyway. Each run
+publishes its summary as a Prefect artifact and as the MLflow run's description.
+
+Failure: the training task holds a global concurrency slot per host and device (one training at a time
+there); when its process dies (an OOM kill, a preemption) the abandoned MLflow run is marked FAILED and
+the task is retried `schedule.train_retries` times, each retry resuming from the newest snapshot. DVC
+push and registration retry with exponential backoff. A failed or crashed flow run is logged and
+POSTed to `schedule.webhook_url` when set. Prefect owns time and failure; DVC owns lineage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import task_run
+from prefect.states import Completed
+from prefect.tasks import exponential_backoff
+
+from ganpipe.core import tracking
+from ganpipe.core.device import resolve_device
+from ganpipe.core.dvc import push
+from ganpipe.core.errors import GanpipeError
+from ganpipe.core.io import read_json
+from ganpipe.core.params import load_params
+from ganpipe.core.paths import layout
+from ganpipe.orchestration.notify import failure_notice
+from ganpipe.orchestration.report import png_data_uri, registration_markdown, skipped_markdown
+from ganpipe.training.snapshots import RESUME_ENV, abandoned_run_id, work_dir_of
+
+STAGES = ("prepare", "ref-stats", "train", "evaluate", "register")
+FORCED = ("train", "evaluate", "register")  # what `force` re-runs on unchanged inputs
+
+
+class StageFailed(GanpipeError):
+    """A DVC stage exited non-zero; its own output above says why."""
+
+
+class TrainingCrashed(StageFailed):
+    """The training process died without ending its MLflow run (killed, out of memory, preempted):
+    worth a retry, which resumes. A training that failed on its own (diverged, collapsed, bad input)
+    ended its run FAILED and is not retried."""
+
+
+def _retry_if_crashed(task, task_run, state) -> bool:
+    return isinstance(state.data, TrainingCrashed)
+
+
+def _env() -> dict[str, str]:
+    """Stage commands (`ganpipe ...`) resolve to this interpreter's environment."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@task(name="dvc-status", cache_policy=NO_CACHE)
+def stale_stages(project_dir: str) -> list[str]:
+    """The stages whose code, data, params or outputs differ from dvc.lock (`dvc status`)."""
+    cmd = [sys.executable, "-m", "dvc", "status", "--json"]
+    proc = subprocess.run(cmd, cwd=project_dir, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StageFailed(f"`dvc status` exited {proc.returncode}: {proc.stderr.strip()}")
+    status = json.loads(proc.stdout or "{}")
+    return [s for s in STAGES if s in status]
+
+
+def run_dvc(args: list[str], project_dir: str, env: dict[str, str] | None = None) -> int:
+    """`dvc ARGS` in the project with this interpreter's environment; its exit code."""
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=env or _env()).returncode
+
+
+def _repro(stage: str, project_dir: str, force: bool, env: dict[str, str] | None = None) -> None:
+    rc = run_dvc(["repro", "--single-item", stage, *(["--force"] if force else [])], project_dir, env)
+    if rc != 0:
+        raise StageFailed(f"stage {stage!r} failed (`dvc repro --single-item {stage}` exited {rc})")
+
+
+# DVC owns skipping of unchanged stages; Prefect must not cache on top of it.
+@task(name="dvc-repro", cache_policy=NO_CACHE, task_run_name="{stage}")
+def reproduce(stage: str, project_dir: str, force: bool = False) -> None:
+    """Reproduce one DVC stage (a no-op when its deps, params and outs are unchanged, unless forced)."""
+    _repro(stage, project_dir, force)
+
+
+def training_slot_name(device: str) -> str:
+    """The global concurrency limit that lets one training at a time use this host's device."""
+    return f"ganpipe-train-{socket.gethostname()}-{resolve_device(device)}".replace(":", "-")
+
+
+def ensure_limit(name: str, slots: int = 1) -> None:
+    """Create the global concurrency limit when missing (an existing one, a team's choice, is kept)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+
+
+MIN_LEASE_S = 300  # Prefect's default lease; renewed every 75 % of it, so a shorter one survives shorter server outages
+
+
+def holding_slot(slot: str, lease_s: int):
+    """Hold the device's training slot. The lease is renewed while this process lives; when the machine
+    dies the server frees it after `lease_s` (schedule.crashed_after_s, the silence after which the
+    watchdog marks the run Crashed), but never sooner than Prefect's default 300 s: a shorter lease
+    would be lost during a brief outage of the Prefect server, and a second training could then take
+    a device that is still busy. A hiccup renewing the lease must not kill hours of training either."""
+    return concurrency(
+        slot, occupy=1, strict=True, lease_duration=max(MIN_LEASE_S, lease_s), raise_on_lease_renewal_failure=False
+    )
+
+
+@task(name="train", cache_policy=NO_CACHE, retry_condition_fn=_retry_if_crashed)
+def train_stage(project_dir: str, force: bool, slot: str, lease_s: int) -> None:
+    """`dvc repro --single-item train` holding the device's training slot. A retry (after the training
+    process died) resumes from the newest snapshot in the same MLflow run; the dead attempt's MLflow run
+    is marked FAILED first, so a crash never leaves it "running"."""
+    resume = task_run.run_count > 1
+    env = {**_env(), **({RESUME_ENV: "1"} if resume else {})}
+    if resume:
+        print("retry: training resumes from its newest snapshot")
+    with holding_slot(slot, lease_s):
+        try:
+            _repro("train", project_dir, force, env)
+        except StageFailed as exc:
+            run_id = abandoned_run_id(work_dir_of(layout(project_dir).models_dir))
+            if run_id:
+                tracking.configure(project_dir)
+                if tracking.fail_run_if_running(run_id, f"{exc}; the process died or was killed"):
+                    raise TrainingCrashed(
+                        f"{exc}; the training process died (MLflow run {run_id} marked "
+                        "FAILED); a retry resumes from the newest snapshot"
+                    ) from None
+            raise
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_stage(project_dir: str, force: bool) -> None:
+    """The registration stage (the gate, then the alias move); retried with backoff when the registry
+    is unreachable (the stage takes the registry lock, so a retry cannot register twice at once)."""
+    _repro("register", project_dir, force)
+
+
+@task(name="dvc-push", cache_policy=NO_CACHE)
+def push_data(project_dir: str) -> str:
+    """Push the prepared data to the project's default DVC remote, so `dvc pull` restores it elsewhere."""
+    remote = push(project_dir, ["prepare"])
+    print(f"prepared data pushed to DVC remote {remote!r}")
+    return remote
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def publish(markdown: str, run_id: str, project_dir: str) -> None:
+    """The summary as a Prefect artifact and as the MLflow run's description."""
+    create_markdown_artifact(markdown=markdown, key="training-pipeline", description="candidate vs champion")
+    if run_id:
+        tracking.configure(project_dir)
+        tracking.describe_run(run_id, markdown)
+
+
+@task(name="plots", cache_policy=NO_CACHE)
+def publish_plots(project_dir: str) -> str:
+    """The best snapshot's sample grid as an image artifact, and `dvc plots show` of the training curves
+    (quick KID, diversity, losses by kimg) as a link artifact; returns the plots page."""
+    lay = layout(project_dir)
+    create_image_artifact(
+        image_url=png_data_uri(lay.models_dir / "samples.png"),
+        key="samples",
+        description="fixed-noise grid of the trained EMA generator (best snapshot)",
+    )
+    out = lay.root / "reports" / "plots"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "-o", str(out)],
+        cwd=project_dir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise StageFailed(f"`dvc plots show` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    page = (out / "index.html").as_uri()
+    create_link_artifact(
+        link=page,
+        link_text="training curves (dvc plots show)",
+        key="training-curves",
+        description="quick KID, diversity and losses by kimg; `dvc plots diff` compares runs",
+    )
+    return page
+
+
+def _notify(flow, flow_run, state) -> None:
+    """on_failure / on_crashed hook: a log line always, the webhook when configured."""
+    failure_notice(
+        flow.name,
+        flow_run.name,
+        str(flow_run.id),
+        state.name,
+        state.message or "",
+        flow_run.parameters.get("project_dir"),
+    )
+
+
+def _backoff(retries: int) -> dict:
+    return {
+        "retries": retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=5) if retries else 0,
+        "retry_jitter_factor": 0.2 if retries else None,
+    }
+
+
+@flow(name="training-pipeline", log_prints=True, on_failure=[_notify], on_crashed=[_notify])
+def training_pipeline(project_dir: str = ".", force: bool = False):
+    """Prepare, compute reference stats, train, evaluate, register; returns the registration result
+    (with "skipped": True and the standing champion when nothing changed and not `force`)."""
+    lay = layout(project_dir)
+    params = load_params(lay.params_path)  # fail fast, before any stage runs, on a bad params.yaml
+    sp = params.schedule
+    io = _backoff(sp.io_retries)
+    root = str(lay.root)
+    if not stale_stages(root) and not force:
+        previous = read_json(lay.registration_path, "the register stage")
+        reason = "nothing changed"
+        markdown = skipped_markdown(reason, previous)
+        run_id = tracking.log_skipped_run(root, params.base.experiment, reason, markdown)
+        publish.with_options(**io)(markdown, "", root)
+        print(f"skipped: {reason} since dvc.lock; champion stays v{previous['champion']} (MLflow run {run_id})")
+        return Completed(
+            message=f"skipped: {reason}",
+            name="Skipped",
+            data={**previous, "skipped": True, "promoted": False, "reason": reason},
+        )
+    slot = training_slot_name(params.base.device)
+    ensure_limit(slot)
+    for stage in STAGES:
+        if stage == "train":
+            train_stage.with_options(retries=sp.train_retries, retry_delay_seconds=5)(
+                root, force, slot, sp.crashed_after_s
+            )
+        elif stage == "register":
+            register_stage.with_options(**io)(root, force)
+        else:
+            reproduce(stage, root, force and stage in FORCED)
+        if stage == "prepare":
+            push_data.with_options(**io)(root)
+    result = read_json(lay.registration_path, "the register stage")
+    run_id = read_json(lay.run_info_path, "the train stage")["mlflow_run_id"]
+    page = publish_plots(root)
+    markdown = registration_markdown(result, run_id, tracking.tracking_uri(root))
+    publish.with_options(**io)(f"{markdown}\n\nTraining curves: [{page}]({page})", run_id, root)
+    state = "it is the new champion" if result["promoted"] else f"champion stays v{result['champion']}"
+    print(f"registered {result['model_name']} v{result['version']}: {state} ({result['reason']})")
+    for c in result.get("checks", []):
+        print(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
+    return {**result, "skipped": False}

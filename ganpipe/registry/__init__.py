@@ -1,0 +1,3 @@
+"""The MLflow model registry: model references, packaging, aliases, the gate and the `register` stage.
+
+The only sub-package that talks to the MLflow registry."""

@@ -1,0 +1,1 @@
+"""The `train` stage: the loop, the step, losses, augmentation, snapshot probes, resume and DDP."""
