@@ -117,3 +117,20 @@ def test_flows_is_not_an_installed_package(tmp_path):
 
     code = "import importlib.util, sys; sys.exit(importlib.util.find_spec('flows') is not None)"
     assert subprocess.run([sys.executable, "-c", code], cwd=tmp_path).returncode == 0
+
+
+def test_the_code_shipped_with_a_registered_model_is_all_its_pyfunc_imports():
+    """`mlflow models serve` loads the pyfunc from the code shipped in the artifact, with no ganpipe
+    installed: every ganpipe module it imports (and each package's __init__) must be shipped."""
+    from ganpipe.registry.packaging import ENTRY, SHIPPED_MODULES
+
+    g, modules = graph(), all_modules()
+    todo, needed = [module_name(ENTRY)], set()
+    while todo:
+        m = todo.pop()
+        if m not in needed:
+            needed.add(m)
+            todo += list(g[m]) + [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]
+    needed.discard(module_name(ENTRY))  # shipped as the model's python_model file
+    shipped = {str(modules[m].relative_to(PACKAGE)) for m in needed}
+    assert shipped <= set(SHIPPED_MODULES), f"missing: {sorted(shipped - set(SHIPPED_MODULES))}"

@@ -1,4 +1,5 @@
-"""DVC around the stages: the hash DVC recorded for an output, and pushing prepared data to a remote.
+"""DVC from ganpipe: the one way to run a `dvc` command, the hash DVC recorded for an output, and
+pushing prepared data to a remote.
 
 The remote is DVC's own configuration: a default remote set in `.dvc/config` (S3, GCS, SSH, a shared
 directory...) is used as it is. Without one, a machine-local default is added to `.dvc/config.local`
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from ganpipe.core.errors import DataError
+from ganpipe.core.errors import DataError, GanpipeError
 
 LOCAL_REMOTE = "ganpipe-local"
 
@@ -24,20 +25,43 @@ def default_remote_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ganpipe" / "dvc-remote"
 
 
-def _dvc(args: list[str], root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+class DvcFailed(GanpipeError):
+    """A `dvc` command exited non-zero."""
+
+
+def stage_env() -> dict[str, str]:
+    """The environment for DVC and the stage commands it runs: `ganpipe ...` resolves to this interpreter's."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def dvc(args: list[str], root: str | Path, env: dict[str, str] | None = None, capture: bool = True):
+    """`dvc ARGS` in the project at `root`, with this interpreter's DVC; output captured (text) unless
+    `capture` is false, when it goes to the console (a stage's own progress and errors)."""
+    cmd = [sys.executable, "-m", "dvc", *args]
+    return subprocess.run(cmd, cwd=root, env=env or stage_env(), capture_output=capture, text=True)
+
+
+def check_dvc(args: list[str], root: str | Path, env: dict[str, str] | None = None, capture: bool = True):
+    """`dvc(...)`, raising DvcFailed (with DVC's last words when captured) when it exits non-zero."""
+    proc = dvc(args, root, env, capture)
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout or "").strip()[-500:] if capture else "see its output above"
+        raise DvcFailed(f"`dvc {' '.join(args)}` exited {proc.returncode}: {said}")
+    return proc
 
 
 def ensure_remote(root: str | Path) -> str:
     """The default DVC remote of the project at `root`; adds the machine-local one when there is none."""
     root = Path(root)
-    current = _dvc(["remote", "default"], root)
+    current = dvc(["remote", "default"], root)
     name = current.stdout.strip()
     if current.returncode == 0 and name and "No default remote" not in name:
         return name
     remote_dir = default_remote_dir()
     remote_dir.mkdir(parents=True, exist_ok=True)
-    proc = _dvc(["remote", "add", "--local", "--force", "--default", LOCAL_REMOTE, str(remote_dir)], root)
+    proc = dvc(["remote", "add", "--local", "--force", "--default", LOCAL_REMOTE, str(remote_dir)], root)
     if proc.returncode != 0:
         raise DataError(f"cannot configure the DVC remote {remote_dir}: {proc.stderr.strip()}")
     return LOCAL_REMOTE
@@ -46,7 +70,7 @@ def ensure_remote(root: str | Path) -> str:
 def push(root: str | Path, targets: list[str]) -> str:
     """`dvc push` the outputs of `targets` (stages or paths) to the default remote; returns its name."""
     remote = ensure_remote(root)
-    proc = _dvc(["push", "-r", remote, *targets], Path(root))
+    proc = dvc(["push", "-r", remote, *targets], root)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
         raise DataError(f"dvc push to {remote!r} failed: {lines[-1]}")

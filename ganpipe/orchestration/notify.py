@@ -62,3 +62,15 @@ def failure_notice(flow: str, run_name: str, run_id: str, state: str, message: s
         except Exception as exc:  # unreachable, refused, malformed URL: say so, never mask the failure
             log.error("ganpipe: the failure webhook %s did not take the notice: %s", url, exc)
     return notice
+
+
+def notify_hook(flow, flow_run, state) -> None:
+    """Prefect on_failure / on_crashed hook of ganpipe's flows: a log line always, the webhook when configured."""
+    failure_notice(
+        flow.name,
+        flow_run.name,
+        str(flow_run.id),
+        state.name,
+        state.message or "",
+        flow_run.parameters.get("project_dir"),
+    )

@@ -16,11 +16,7 @@ POSTed to `schedule.webhook_url` when set. Prefect owns time and failure; DVC ow
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact
@@ -32,12 +28,11 @@ from prefect.tasks import exponential_backoff
 
 from ganpipe.core import tracking
 from ganpipe.core.device import resolve_device
-from ganpipe.core.dvc import push
-from ganpipe.core.errors import GanpipeError
+from ganpipe.core.dvc import DvcFailed, check_dvc, dvc, push, stage_env
 from ganpipe.core.io import read_json
 from ganpipe.core.params import load_params
 from ganpipe.core.paths import layout
-from ganpipe.orchestration.notify import failure_notice
+from ganpipe.orchestration.notify import notify_hook
 from ganpipe.orchestration.report import png_data_uri, registration_markdown, skipped_markdown
 from ganpipe.training.snapshots import RESUME_ENV, abandoned_run_id, work_dir_of
 
@@ -45,7 +40,7 @@ STAGES = ("prepare", "ref-stats", "train", "evaluate", "register")
 FORCED = ("train", "evaluate", "register")  # what `force` re-runs on unchanged inputs
 
 
-class StageFailed(GanpipeError):
+class StageFailed(DvcFailed):
     """A DVC stage exited non-zero; its own output above says why."""
 
 
@@ -59,31 +54,17 @@ def _retry_if_crashed(task, task_run, state) -> bool:
     return isinstance(state.data, TrainingCrashed)
 
 
-def _env() -> dict[str, str]:
-    """Stage commands (`ganpipe ...`) resolve to this interpreter's environment."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 @task(name="dvc-status", cache_policy=NO_CACHE)
 def stale_stages(project_dir: str) -> list[str]:
     """The stages whose code, data, params or outputs differ from dvc.lock (`dvc status`)."""
-    cmd = [sys.executable, "-m", "dvc", "status", "--json"]
-    proc = subprocess.run(cmd, cwd=project_dir, env=_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise StageFailed(f"`dvc status` exited {proc.returncode}: {proc.stderr.strip()}")
-    status = json.loads(proc.stdout or "{}")
+    status = json.loads(check_dvc(["status", "--json"], project_dir).stdout or "{}")
     return [s for s in STAGES if s in status]
 
 
-def run_dvc(args: list[str], project_dir: str, env: dict[str, str] | None = None) -> int:
-    """`dvc ARGS` in the project with this interpreter's environment; its exit code."""
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project_dir, env=env or _env()).returncode
-
-
 def _repro(stage: str, project_dir: str, force: bool, env: dict[str, str] | None = None) -> None:
-    rc = run_dvc(["repro", "--single-item", stage, *(["--force"] if force else [])], project_dir, env)
+    rc = dvc(
+        ["repro", "--single-item", stage, *(["--force"] if force else [])], project_dir, env, capture=False
+    ).returncode
     if rc != 0:
         raise StageFailed(f"stage {stage!r} failed (`dvc repro --single-item {stage}` exited {rc})")
 
@@ -133,7 +114,7 @@ def train_stage(project_dir: str, force: bool, slot: str, lease_s: int) -> None:
     process died) resumes from the newest snapshot in the same MLflow run; the dead attempt's MLflow run
     is marked FAILED first, so a crash never leaves it "running"."""
     resume = task_run.run_count > 1
-    env = {**_env(), **({RESUME_ENV: "1"} if resume else {})}
+    env = {**stage_env(), **({RESUME_ENV: "1"} if resume else {})}
     if resume:
         print("retry: training resumes from its newest snapshot")
     with holding_slot(slot, lease_s):
@@ -186,15 +167,7 @@ def publish_plots(project_dir: str) -> str:
         description="fixed-noise grid of the trained EMA generator (best snapshot)",
     )
     out = lay.root / "reports" / "plots"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "plots", "show", "-o", str(out)],
-        cwd=project_dir,
-        env=_env(),
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise StageFailed(f"`dvc plots show` exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    check_dvc(["plots", "show", "-o", str(out)], project_dir)
     page = (out / "index.html").as_uri()
     create_link_artifact(
         link=page,
@@ -205,19 +178,8 @@ def publish_plots(project_dir: str) -> str:
     return page
 
 
-def _notify(flow, flow_run, state) -> None:
-    """on_failure / on_crashed hook: a log line always, the webhook when configured."""
-    failure_notice(
-        flow.name,
-        flow_run.name,
-        str(flow_run.id),
-        state.name,
-        state.message or "",
-        flow_run.parameters.get("project_dir"),
-    )
-
-
-def _backoff(retries: int) -> dict:
+def retry_options(retries: int) -> dict:
+    """Task options for I/O that may fail for a while (a remote, the registry): exponential backoff."""
     return {
         "retries": retries,
         "retry_delay_seconds": exponential_backoff(backoff_factor=5) if retries else 0,
@@ -225,14 +187,14 @@ def _backoff(retries: int) -> dict:
     }
 
 
-@flow(name="training-pipeline", log_prints=True, on_failure=[_notify], on_crashed=[_notify])
+@flow(name="training-pipeline", log_prints=True, on_failure=[notify_hook], on_crashed=[notify_hook])
 def training_pipeline(project_dir: str = ".", force: bool = False):
     """Prepare, compute reference stats, train, evaluate, register; returns the registration result
     (with "skipped": True and the standing champion when nothing changed and not `force`)."""
     lay = layout(project_dir)
     params = load_params(lay.params_path)  # fail fast, before any stage runs, on a bad params.yaml
     sp = params.schedule
-    io = _backoff(sp.io_retries)
+    io = retry_options(sp.io_retries)
     root = str(lay.root)
     if not stale_stages(root) and not force:
         previous = read_json(lay.registration_path, "the register stage")

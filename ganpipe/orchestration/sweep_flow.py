@@ -13,8 +13,6 @@ as a Prefect artifact.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import yaml
@@ -23,30 +21,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ganpipe.core import tracking
+from ganpipe.core.dvc import DvcFailed, check_dvc, dvc, stage_env
 from ganpipe.core.io import read_json
 from ganpipe.core.params import load_params
 from ganpipe.core.paths import layout
+from ganpipe.orchestration.notify import notify_hook
 from ganpipe.orchestration.pipeline import (
-    StageFailed,
-    _backoff,
-    _env,
-    _notify,
     ensure_limit,
     holding_slot,
     register_stage,
-    run_dvc,
+    retry_options,
     training_slot_name,
 )
 from ganpipe.orchestration.report import sweep_markdown
 from ganpipe.orchestration.sweep import best, candidates, overrides_args, scores_from_exp_show, validate
 
 SCORES = ("fid", "kid", "precision", "recall", "coverage")
-
-
-def _dvc(args: list[str], project_dir: str) -> None:
-    rc = run_dvc(args, project_dir)
-    if rc != 0:
-        raise StageFailed(f"`dvc {' '.join(args)}` exited {rc}")
 
 
 def _result(name: str, overrides: dict, metrics: dict | None, run_id: str = "", failed: str = "") -> dict:
@@ -64,8 +54,10 @@ def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, lease
     layout(project_dir).params_path.write_text(base_params)
     try:
         with holding_slot(slot, lease_s):
-            _dvc(["exp", "run", "evaluate", "--name", name, *overrides_args(overrides)], project_dir)
-    except StageFailed as exc:  # a candidate that diverges or collapses is a result, not the sweep's end
+            check_dvc(
+                ["exp", "run", "evaluate", "--name", name, *overrides_args(overrides)], project_dir, capture=False
+            )
+    except DvcFailed as exc:  # a candidate that diverges or collapses is a result, not the sweep's end
         print(f"candidate {name} {overrides} failed: {exc}")
         return _result(name, overrides, None, failed=str(exc))
     lay = layout(project_dir)
@@ -83,18 +75,14 @@ def run_queued(project_dir: str, named: list[tuple[str, dict]], jobs: int, exper
     MLflow runs go to the project's store. A candidate that fails is reported without scores."""
     lay = layout(project_dir)
     for name, overrides in named:
-        _dvc(["exp", "run", "evaluate", "--queue", "--name", name, *overrides_args(overrides)], project_dir)
-    env = {**_env(), "MLFLOW_TRACKING_URI": tracking.tracking_uri(lay.root)}
+        check_dvc(["exp", "run", "evaluate", "--queue", "--name", name, *overrides_args(overrides)], project_dir)
+    env = {**stage_env(), "MLFLOW_TRACKING_URI": tracking.tracking_uri(lay.root)}
     # create the store and the experiment now: MLflow's first-use schema migration is not safe to run
     # from several processes at once
     tracking.configure(lay.root)
     tracking.experiment_id(experiment, lay.root)
-    rc = run_dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], project_dir, env)
-    shown = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project_dir, env=env, capture_output=True, text=True
-    )
-    if shown.returncode != 0:
-        raise StageFailed(f"`dvc exp show --json` exited {shown.returncode}: {shown.stderr.strip()[-300:]}")
+    rc = dvc(["exp", "run", "--run-all", "--jobs", str(jobs)], project_dir, env, capture=False).returncode
+    shown = check_dvc(["exp", "show", "--json"], project_dir, env)
     metrics = scores_from_exp_show(
         json.loads(shown.stdout or "[]"), [n for n, _ in named], str(lay.metrics_path.relative_to(lay.root))
     )
@@ -111,10 +99,10 @@ def run_queued(project_dir: str, named: list[tuple[str, dict]], jobs: int, exper
 
 @task(name="dvc-exp-apply", cache_policy=NO_CACHE)
 def apply_experiment(project_dir: str, name: str) -> None:
-    _dvc(["exp", "apply", name], project_dir)
+    check_dvc(["exp", "apply", name], project_dir, capture=False)
 
 
-@flow(name="sweep", log_prints=True, on_failure=[_notify], on_crashed=[_notify])
+@flow(name="sweep", log_prints=True, on_failure=[notify_hook], on_crashed=[notify_hook])
 def sweep(project_dir: str = "."):
     """Train every candidate, apply the best (by registry.primary_metric), register it through the gate."""
     lay = layout(project_dir)
@@ -143,7 +131,7 @@ def sweep(project_dir: str = "."):
     print(f"best by {metric}: {winner['name']} {winner['overrides']} ({metric} = {winner['scores'][metric]:.4g})")
     apply_experiment(root, winner["name"])
     winner["mlflow_run_id"] = read_json(lay.run_info_path, "the train stage")["mlflow_run_id"]
-    register_stage.with_options(**_backoff(params.schedule.io_retries))(root, False)
+    register_stage.with_options(**retry_options(params.schedule.io_retries))(root, False)
     registration = read_json(lay.registration_path, "the register stage")
     create_markdown_artifact(
         markdown=sweep_markdown(results, winner, metric, registration),

@@ -93,6 +93,7 @@ def log_generator(G_ema_state: dict, config: dict, model_name: str, data_sha256:
                 "safetensors",
                 "numpy",
                 "pandas",
+                "pillow",  # the PNGs it returns
             ],
             registered_model_name=model_name,
         )

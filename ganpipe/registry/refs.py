@@ -67,7 +67,7 @@ def model_version(client: MlflowClient, ref: str):
     """The model version behind `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
     name, sep, alias = ref[len("models:/") :].partition("@")
     try:
-        return client.get_model_version_by_alias(name, alias) if sep else client.getmodel_version(*name.split("/", 1))
+        return client.get_model_version_by_alias(name, alias) if sep else client.get_model_version(*name.split("/", 1))
     except (MlflowException, TypeError) as exc:
         raise RegistryError(f"{ref}: {getattr(exc, 'message', str(exc)).splitlines()[0]}") from None
 
