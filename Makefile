@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, pip; no internet but the package registries):
 #   make run    create .venv, install, run the whole pipeline through the Prefect flow on params.yaml
-#   make test   create .venv if missing, install, run the tests
+#   make test   create .venv if missing, install, lint, run the tests
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run test clean-stores
+.PHONY: install run lint test clean-stores
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/ganpipe run
 
-test: install
+# pyflakes, import order, pyupgrade and the formatter (pyproject's [tool.ruff]); `ruff format .` fixes layout
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	$(BIN)/python -m pytest
 
 clean-stores:
