@@ -1,6 +1,6 @@
 """GPU training throughput: DCGAN-64 and ResNet-32 in fp32, bf16 and bf16 + torch.compile.
 
-For each configuration: images/s of `ganpipe.engine.Engine.step` + EMA update (the training loop's work
+For each configuration: images/s of `ganpipe.training.engine.Engine.step` + EMA update (the training loop's work
 per step) on synthetic data held on the GPU, after warm-up, timed with CUDA events; FLOPs per step
 counted once with torch's FlopCounterMode; and the fraction of the GPU's dense bf16 peak they reach.
 Run by bench/gpu.sh when a GPU is lent; on a CPU it runs a tiny smoke version (--smoke).

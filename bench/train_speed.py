@@ -1,4 +1,4 @@
-"""Benchmark of the training step: `ganpipe.train.train` vs a plain PyTorch loop, side by side in one run.
+"""Benchmark of the training step: `ganpipe.training.loop.train` vs a plain PyTorch loop, side by side in one run.
 
 The plain loop is written like pytorch/examples' `dcgan/main.py` (D on real, D on fake.detach(), one
 Adam step; G through D, one Adam step; BCE-with-logits), on the same DCGAN modules, the same images
