@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, pip; no internet but the package registries):
 #   make run    create .venv, install, run the whole pipeline through the Prefect flow on params.yaml
 #   make test   create .venv if missing, install, lint, run the tests
+#   make test-fast   the inner loop: the tests not marked slow
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run lint test clean-stores
+.PHONY: install run lint test test-fast clean-stores
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +35,11 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
+
+# the edit-test loop: everything but the tests marked slow (whole pipelines, servers, killed processes)
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 clean-stores:
 	rm -rf mlflow.db mlartifacts

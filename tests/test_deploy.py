@@ -8,10 +8,13 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from ganpipe.orchestration.watchdog import AUTOMATION
 from tests.conftest import REPO, forget_nightly, make_project, shipped_params
+
+pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
 
 
 def test_prefect_yaml_agrees_with_params():

@@ -15,6 +15,8 @@ import yaml
 
 from tests.conftest import make_project, mlflow_client, tiny_params_dict
 
+pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
+
 
 def _pids_running(cmdline: str, cwd: Path) -> list[int]:
     """Processes whose command line contains `cmdline` and whose working directory is `cwd`."""

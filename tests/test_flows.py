@@ -12,6 +12,8 @@ from ganpipe.core.dvc import ensure_remote
 from ganpipe.core.errors import ConfigError
 from tests.conftest import mlflow_client, run
 
+pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
+
 
 def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project, prefect_harness):
     from ganpipe.orchestration.pipeline import training_pipeline

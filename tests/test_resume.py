@@ -27,6 +27,9 @@ from tests.conftest import mlflow_client, tiny_params_dict
 
 # Long enough after the first snapshot that a SIGKILL lands mid-run (seconds of CPU training after it);
 # the collapse alarm is about other tests (a 16-px G this young counts as collapsed).
+pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
+
+
 RESUME_TRAIN = {"total_kimg": 32.0, "snapshot_kimg": 6.4, "keep_snapshots": 2, "collapse_after_kimg": 1000.0}
 
 

@@ -14,6 +14,8 @@ from ganpipe.core.errors import ConfigError
 from ganpipe.core.params import ScheduleParams
 from tests.conftest import forget_nightly, make_project, nightly_deployment
 
+pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
+
 
 def test_schedule_without_a_server_is_one_clear_error(project, monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)

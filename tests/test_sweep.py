@@ -13,6 +13,8 @@ from ganpipe.core.params import parse_params
 from ganpipe.orchestration.sweep import apply, best, candidates, overrides_args, validate
 from tests.conftest import make_project, run, tiny_params_dict
 
+pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
+
 
 def test_grid_and_list_expand_to_unique_validated_candidates():
     raw = tiny_params_dict(

@@ -163,6 +163,7 @@ def test_conditional_generator_draws_the_requested_class(tmp_path):
         sample(G, seeds, class_=2)
 
 
+@pytest.mark.slow
 def test_conditional_resnet_with_projection_discriminator_draws_the_requested_class(tmp_path):
     from ganpipe.core.params import parse_params
     from tests.conftest import tiny_params_dict

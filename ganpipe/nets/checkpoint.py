@@ -15,6 +15,10 @@ from ganpipe.core.io import atomic_path
 from ganpipe.nets.models import build_generator
 
 FORMAT_VERSION = 1
+# The keys a generator is built from. The rest of a training checkpoint's layout is
+# `ganpipe.training.state`'s; these two sit here because loading a generator must not need training code.
+G_EMA = "G_ema"  # the EMA generator's state_dict: evaluation, registration and generation use it
+GENERATOR_CONFIG = "generator_config"  # what `build_generator` builds it from
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -38,9 +42,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def generator_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """The EMA generator of a checkpoint, in eval mode, and its config."""
     ckpt = load_checkpoint(path)
-    config = ckpt["generator_config"]
+    config = ckpt[GENERATOR_CONFIG]
     G = build_generator(config)
-    G.load_state_dict(ckpt["G_ema"])
+    G.load_state_dict(ckpt[G_EMA])
     return G.to(device).eval().requires_grad_(False), config
 
 

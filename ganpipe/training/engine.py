@@ -4,7 +4,7 @@
 losses stay on the device and a device-side flag records any non-finite loss or over-large gradient
 norm; the training loop reads both every `train.log_every_steps` steps. `state_dict` /
 `load_state_dict` cover everything exact resume needs except the RNG states and data order
-(`ganpipe.checkpoint` and the loop own those).
+(`ganpipe.training.state` lays out the whole checkpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ganpipe.core.params import TrainParams
 from ganpipe.nets.models import build_discriminator, build_generator
 from ganpipe.training import losses
 from ganpipe.training.augment import diff_augment
+from ganpipe.training.state import Key
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]  # real images in [-1, 1], classes (or None)
 
@@ -175,22 +176,24 @@ class Engine:
             b_ema.copy_(b)
 
     def state_dict(self) -> dict:
+        """The networks', optimizers' and scalers' state_dicts, under their checkpoint keys."""
         return {
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "G_ema": self.G_ema.state_dict(),
-            "opt_G": self.opt_G.state_dict(),
-            "opt_D": self.opt_D.state_dict(),
-            "scaler": {"D": self.scaler_D.state_dict(), "G": self.scaler_G.state_dict()},
+            Key.G: self.G.state_dict(),
+            Key.D: self.D.state_dict(),
+            Key.G_EMA: self.G_ema.state_dict(),
+            Key.OPT_G: self.opt_G.state_dict(),
+            Key.OPT_D: self.opt_D.state_dict(),
+            Key.SCALER: {"D": self.scaler_D.state_dict(), "G": self.scaler_G.state_dict()},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        """Load `state_dict`'s entries (a whole checkpoint will do: other keys are ignored)."""
+        self.G.load_state_dict(state[Key.G])
+        self.D.load_state_dict(state[Key.D])
+        self.G_ema.load_state_dict(state[Key.G_EMA])
+        self.opt_G.load_state_dict(state[Key.OPT_G])
+        self.opt_D.load_state_dict(state[Key.OPT_D])
         for key, scaler in (("D", self.scaler_D), ("G", self.scaler_G)):
-            if state.get("scaler", {}).get(key):
-                scaler.load_state_dict(state["scaler"][key])
+            if state.get(Key.SCALER, {}).get(key):
+                scaler.load_state_dict(state[Key.SCALER][key])
         self.bad.zero_()

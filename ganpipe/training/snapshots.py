@@ -15,6 +15,7 @@ from typing import Any
 
 from ganpipe.core.io import atomic_path
 from ganpipe.nets.checkpoint import load_checkpoint, save_checkpoint
+from ganpipe.training.state import Key
 
 _NAME = re.compile(r"^snapshot-(\d{12})\.pt$")
 RESUME_ENV = "GANPIPE_TRAIN_RESUME"  # "1": `ganpipe train` resumes (how a Prefect retry asks it through dvc)
@@ -51,9 +52,10 @@ class Snapshots:
         return found[-1] if found else None
 
     def save(self, state: dict[str, Any]) -> Path:
-        """Write the state as snapshot-<nimg>.pt and drop all but the newest `keep`."""
+        """Write a training checkpoint (`ganpipe.training.state.checkpoint`) as snapshot-<nimg>.pt and
+        drop all but the newest `keep`."""
         self.path.mkdir(parents=True, exist_ok=True)
-        path = self.path / f"snapshot-{int(state['nimg']):012d}.pt"
+        path = self.path / f"snapshot-{int(state[Key.NIMG]):012d}.pt"
         save_checkpoint(path, state)
         for old in self.all()[: -self.keep]:
             old.unlink(missing_ok=True)
@@ -68,7 +70,7 @@ class Snapshots:
         """nimg of best.pt, or None when there is none."""
         if not self.best_path.exists():
             return None
-        return int(load_checkpoint(self.best_path)["nimg"])
+        return int(load_checkpoint(self.best_path)[Key.NIMG])
 
     def clear(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -80,6 +82,6 @@ def abandoned_run_id(work_dir: str | Path) -> str | None:
     if latest is None:
         return None
     try:
-        return load_checkpoint(latest).get("mlflow_run_id") or None
+        return load_checkpoint(latest).get(Key.MLFLOW_RUN_ID) or None
     except Exception:  # a snapshot cut short is not worth a second failure
         return None
