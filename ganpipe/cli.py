@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ganpipe.core.errors import GanpipeError
 from ganpipe.core.paths import layout
+from ganpipe.core.redact import redact
 
 
 def _params(args):
@@ -93,17 +94,19 @@ def cmd_evaluate(args) -> None:
     if args.model is None:
         r = ev.evaluate(p, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     else:
-        r = evaluate_model(p, args.model, lay.ref_stats_path, args.out, lay.root)
+        r = evaluate_model(p, args.model, lay.ref_stats_path, args.out, lay.root, args.allow_foreign_model)
     _print_result(r)
 
 
 def cmd_compare(args) -> None:
     from ganpipe.core import tracking
     from ganpipe.evaluation.compare import compare
+    from ganpipe.registry.refs import Scope
     from ganpipe.registry.scoring import load_result
 
     tracking.configure(args.layout.root)
-    rows = compare(load_result(args.a), load_result(args.b))
+    scope = Scope.of(_params(args), args.allow_foreign_model)
+    rows = compare(load_result(args.a, scope), load_result(args.b, scope))
     print(f"{'metric':<14}{'a':>12}{'b':>12}{'b - a':>12}  better")
     for r in rows:
         arrow = "higher" if r["higher_is_better"] else "lower"
@@ -216,15 +219,29 @@ def cmd_generate(args) -> None:
     from ganpipe.serving import generate as gen
 
     if args.replay:
-        print(f"replayed {args.replay} into {gen.replay(args.replay, args.out, args.layout.root)}")
+        print(
+            f"replayed {args.replay} into {gen.replay(args.replay, args.out, args.layout.root, args.allow_foreign_model)}"
+        )
         return
     model = args.model or _champion_uri(args)
     if args.interpolate or args.walk:
         seeds = args.interpolate or list(range(args.seed, args.seed + args.walk))
-        out = gen.animate(model, seeds, args.frames, args.out, args.fps, args.psi, args.layout.root, args.class_)
+        out = gen.animate(
+            model,
+            seeds,
+            args.frames,
+            args.out,
+            args.fps,
+            args.psi,
+            args.layout.root,
+            args.class_,
+            args.allow_foreign_model,
+        )
         print(f"wrote an animation through seeds {seeds} from {model} to {out}")
         return
-    files = gen.generate(model, args.n, args.seed, args.out, args.psi, args.class_, args.layout.root)
+    files = gen.generate(
+        model, args.n, args.seed, args.out, args.psi, args.class_, args.layout.root, args.allow_foreign_model
+    )
     where = files[0] if len(files) == 1 else f"{len(files)} files in {Path(args.out)}"
     print(
         f"wrote {args.n} images (seeds {args.seed}..{args.seed + args.n - 1}, psi {args.psi:g}) from {model} to {where}"
@@ -239,7 +256,7 @@ def _champion_uri(args) -> str:
 def cmd_serve(args) -> None:
     from ganpipe.serving.server import serve
 
-    serve(_params(args).serve, args.model or _champion_uri(args), args.port, args.layout.root)
+    serve(_params(args).serve, args.model or _champion_uri(args), args.port, args.layout.root, args.allow_foreign_model)
 
 
 def cmd_server(args) -> None:
@@ -274,7 +291,7 @@ def cmd_watchdog(args) -> None:
     hook = configured(sp.webhook_url)
     automation_id = ensure_automation(sp, hook)
     print(
-        f"automation '{AUTOMATION}' ({automation_id}) on {url}: ganpipe flow runs silent for "
+        f"automation '{AUTOMATION}' ({automation_id}) on {redact(url)}: ganpipe flow runs silent for "
         f"{sp.crashed_after_s} s are marked Crashed{' and reported to the failure webhook' if hook else ''}; "
         f"runs send heartbeats every {sp.heartbeat_s} s"
     )
@@ -295,6 +312,16 @@ def cmd_ui(args) -> None:
     ]
     print(" ".join(cmd), flush=True)
     os.execvp(cmd[0], cmd)
+
+
+FOREIGN_HELP = (
+    "also load a model outside this project's scope (another registered model name, a run of another "
+    "experiment): ganpipe reads only weights and config, never stored code, but loads them on your word"
+)
+
+
+def _foreign(parser) -> None:
+    parser.add_argument("--allow-foreign-model", action="store_true", help=FOREIGN_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,10 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "runs:/ID/generator or a checkpoint path (writes nothing unless --out)",
     )
     e.add_argument("--out", default=None, help="with --model: write the result JSON here")
+    _foreign(e)
     e.set_defaults(fn=cmd_evaluate)
     c = sub.add_parser("compare", help="compare two results; refuses different protocols")
     c.add_argument("a", help="metrics JSON, models:/NAME/VERSION (or @ALIAS) or runs:/RUN_ID")
     c.add_argument("b", help="the same kinds as A")
+    _foreign(c)
     c.set_defaults(fn=cmd_compare)
     sub.add_parser("history", help="registered versions, gate decisions and every alias move").set_defaults(
         fn=cmd_history
@@ -385,10 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=24, help="frames per step of an animation")
     g.add_argument("--fps", type=int, default=12)
     g.add_argument("--replay", default=None, metavar="PNG", help="regenerate a PNG from its provenance")
+    _foreign(g)
     g.set_defaults(fn=cmd_generate)
     s = sub.add_parser("serve", help="serve the champion over HTTP (MLflow scoring protocol, base64 PNGs)")
     s.add_argument("--model", default=None, help="models:/NAME/VERSION or @ALIAS (default: the champion)")
     s.add_argument("--port", type=int, default=5001)
+    _foreign(s)
     s.set_defaults(fn=cmd_serve)
     sv = sub.add_parser("server", help="start a local Prefect server (SQLite) on 127.0.0.1")
     sv.add_argument("--port", type=int, default=4200)
@@ -424,10 +455,11 @@ def main(argv: list[str] | None = None) -> int:
         print("ganpipe: error: need -n >= 1, 0 < --psi <= 2, --frames >= 2, --walk >= 0", file=sys.stderr)
         return 2
     quiet_telemetry()
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # nothing ganpipe loads is a pickle
     try:
         args.fn(args)
     except GanpipeError as exc:
-        print(f"ganpipe: error: {exc}", file=sys.stderr)
+        print(f"ganpipe: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ganpipe: interrupted", file=sys.stderr)

@@ -154,6 +154,18 @@ def mlflow_client(root: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def as_new_training(lay) -> str:
+    """Make the project's outputs look like another training's: a new MLflow run in the same experiment,
+    named in run.json. `register` reuses the version of a training it already registered (a retry), so
+    tests that register several generators from one project give each its own training run."""
+    info = json.loads(lay.run_info_path.read_text())
+    client = mlflow_client(lay.root)
+    run = client.create_run(client.get_run(info["mlflow_run_id"]).info.experiment_id)
+    client.set_terminated(run.info.run_id)
+    lay.run_info_path.write_text(json.dumps({**info, "mlflow_run_id": run.info.run_id}))
+    return run.info.run_id
+
+
 def last_conv_key(state: dict) -> str:
     """The generator's output layer weight (zeroing it gives flat grey images)."""
     return [k for k in state if k.endswith("weight") and state[k].ndim == 4][-1]
@@ -179,15 +191,69 @@ def build_trained(root: Path, **section_overrides: dict):
     return p, lay
 
 
-@pytest.fixture(scope="module")
-def trained_project(tmp_path_factory):
-    return build_trained(tmp_path_factory.mktemp("trained"))
+def copy_project(src: Path, dst: Path, stored_as: Path | None = None, ignore=None):
+    """A copy at `dst` of a project made by `build_trained`, its MLflow store included; returns its layout.
+
+    MLflow keeps absolute paths in its store (artifact locations, dataset sources): they are rewritten to
+    the copy's, so the copy never reads or writes the original's files. `stored_as`: the directory the
+    store was made in, when not `src` (a committed fixture store)."""
+    import sqlite3
+
+    from mlflow.tracking._tracking_service import utils as mlflow_utils
+
+    from ganpipe.core.paths import layout
+
+    src, dst = src.resolve(), dst.resolve()
+    shutil.copytree(src, dst, ignore=ignore)
+    src = stored_as or src
+    db = sqlite3.connect(dst / "mlflow.db")
+    try:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
+                for old, new in ((src.as_uri(), dst.as_uri()), (str(src), str(dst))):
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                        f"""WHERE typeof("{column}") = 'text' AND instr("{column}", ?) > 0""",
+                        (old, new, old),
+                    )
+        db.commit()
+    finally:
+        db.close()
+    for f in dst.rglob("MLmodel"):  # a logged model's own record of where it was logged
+        f.write_text(f.read_text().replace(src.as_uri(), dst.as_uri()).replace(str(src), str(dst)))
+    stale = [f for f in dst.rglob("*") if f.is_file() and str(src).encode() in f.read_bytes()]
+    assert not stale, f"{stale} still name {src}: copy_project must rewrite them too"
+    # MLflow caches a run's artifact location by run id in this process; the copies share run ids.
+    mlflow_utils._artifact_repos_cache.clear()
+    return layout(dst)
+
+
+@pytest.fixture(scope="session")
+def _trained_once(tmp_path_factory):
+    """The tiny training, once per session. Tests use copies of it (`trained_project`), never this one."""
+    return build_trained(tmp_path_factory.mktemp("trained") / "project")
+
+
+@pytest.fixture
+def trained_project(_trained_once, tmp_path_factory):
+    """A trained project of this test's own: tests register versions, move aliases and rewrite its files,
+    and no other test sees it. (params, layout), like `build_trained`."""
+    p, lay = _trained_once
+    return p, copy_project(lay.root, tmp_path_factory.mktemp("trained-copy") / "project")
+
+
+@pytest.fixture(scope="session")
+def _conditional_once(tmp_path_factory):
+    return build_trained(tmp_path_factory.mktemp("conditional") / "project", model={"conditional": True})
 
 
 @pytest.fixture(scope="module")
-def conditional_project(tmp_path_factory):
-    """A tiny class-conditional generator trained on the digits (10 classes)."""
-    return build_trained(tmp_path_factory.mktemp("conditional"), model={"conditional": True})
+def conditional_project(_conditional_once, tmp_path_factory):
+    """A tiny class-conditional generator trained on the digits (10 classes), copied for each module
+    (the modules register it)."""
+    p, lay = _conditional_once
+    return p, copy_project(lay.root, tmp_path_factory.mktemp("conditional-copy") / "project")
 
 
 @pytest.fixture(scope="session")
@@ -240,3 +306,34 @@ def forget_nightly(client) -> None:
         client.delete_automation(a.id)
     if (dep := nightly_deployment(client)) is not None:
         client.delete_deployment(dep.id)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_http(proc, port, "/health", timeout_s=120)
+    yield f"http://127.0.0.1:{port}", tmp_path
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)

@@ -12,10 +12,11 @@ from ganpipe.evaluation.evaluate import evaluate
 from ganpipe.nets.checkpoint import load_checkpoint, save_checkpoint
 from ganpipe.registry.aliases import PromotionCheckFailed, history, promote, rollback
 from ganpipe.registry.register import register
-from tests.conftest import last_conv_key, mlflow_client
+from tests.conftest import as_new_training, last_conv_key, mlflow_client
 
 
 def _evaluate_and_register(p, lay):
+    as_new_training(lay)  # each registration here stands for another training
     evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     return register(p.registry, p.eval, lay)
 

@@ -3,12 +3,12 @@ module imports itself back through others. Every import counts, function-local o
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
 import ganpipe
+from tools.stage_deps import all_modules, closure, import_graph, imports_of, module_name
 
 PACKAGE = Path(ganpipe.__file__).parent
 # Lowest first. A module may import its own layer and the ones before it.
@@ -16,27 +16,8 @@ LAYERS = ("core", "data", "nets", "evaluation", "training", "registry", "serving
 TOP = {"ganpipe.cli", "ganpipe.__main__"}  # the CLI may import every layer
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def all_modules() -> dict[str, Path]:
-    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
-
-
-def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The ganpipe modules `path` imports (`from ganpipe.x import y` counts y when y is a module)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == "ganpipe"}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ganpipe":
-            assert node.level == 0, f"{path}: relative import"
-            for a in node.names:
-                sub = f"{node.module}.{a.name}"
-                found.add(sub if sub in modules else node.module)
-    return {m for m in found if m != "ganpipe"}
+def graph() -> dict[str, set[str]]:
+    return import_graph(PACKAGE)
 
 
 def layer(module: str) -> int:
@@ -45,11 +26,6 @@ def layer(module: str) -> int:
     parts = module.split(".")
     assert len(parts) >= 2 and parts[1] in LAYERS, f"{module} is in no layer: put it in a sub-package of {LAYERS}"
     return LAYERS.index(parts[1])
-
-
-def graph() -> dict[str, set[str]]:
-    modules = all_modules()
-    return {m: imports_of(p, modules) for m, p in modules.items()}
 
 
 def test_every_module_sits_in_a_layer_and_imports_only_downwards():
@@ -124,13 +100,7 @@ def test_the_code_shipped_with_a_registered_model_is_all_its_pyfunc_imports():
     installed: every ganpipe module it imports (and each package's __init__) must be shipped."""
     from ganpipe.registry.packaging import ENTRY, SHIPPED_MODULES
 
-    g, modules = graph(), all_modules()
-    todo, needed = [module_name(ENTRY)], set()
-    while todo:
-        m = todo.pop()
-        if m not in needed:
-            needed.add(m)
-            todo += list(g[m]) + [".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)]
-    needed.discard(module_name(ENTRY))  # shipped as the model's python_model file
+    modules = all_modules()
+    needed = closure([module_name(ENTRY)], graph()) - {module_name(ENTRY)}  # the entry ships as python_model
     shipped = {str(modules[m].relative_to(PACKAGE)) for m in needed}
     assert shipped <= set(SHIPPED_MODULES), f"missing: {sorted(shipped - set(SHIPPED_MODULES))}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +18,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.conftest import REPO, copy_project
+
 FIXTURE = Path(__file__).parent / "fixtures" / "registry_v0_1"
 MADE_AT = "/tmp/ganpipe-fixture-v0"  # the store's absolute paths, as make_store.py wrote them
 SEEDS = list(range(4))
 
 
-def relocate_store(dst: Path) -> Path:
-    """A copy of the fixture project at `dst`, every stored path pointed at the copy."""
-    shutil.copytree(FIXTURE, dst, ignore=shutil.ignore_patterns("make_store.py", "__pycache__"))
-    with sqlite3.connect(dst / "mlflow.db") as db:
-        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-            for col in db.execute(f"PRAGMA table_info('{table}')").fetchall():
-                if col[2].upper().startswith(("VARCHAR", "TEXT")):
-                    db.execute(f'UPDATE "{table}" SET "{col[1]}" = replace("{col[1]}", ?, ?)', (MADE_AT, str(dst)))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def old_store(tmp_path_factory):
-    return relocate_store(tmp_path_factory.mktemp("compat") / "project")
+    dst = tmp_path_factory.mktemp("compat") / "project"
+    copy_project(FIXTURE, dst, stored_as=Path(MADE_AT), ignore=shutil.ignore_patterns("make_store.py", "__pycache__"))
+    shutil.copy(REPO / "params.yaml", dst / "params.yaml")  # registry.model_name
+    return dst
 
 
 def _png_pixels(data: bytes) -> np.ndarray:

@@ -7,10 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ganpipe.evaluation.evaluate import evaluate
 from ganpipe.nets.checkpoint import load_checkpoint, save_checkpoint
 from ganpipe.registry.aliases import history
 from tests.conftest import build_trained, last_conv_key, mlflow_client
+
+pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
 
 
 def test_two_registrations_at_once_leave_the_better_model_as_the_only_champion(tmp_path, monkeypatch):

@@ -168,6 +168,8 @@ class ServeParams(_Section):
     host: str = Field(min_length=1, description="interface to bind; 127.0.0.1 keeps it on this machine")
     workers: int = Field(ge=1, le=64)
     max_images: int = Field(ge=1, le=4096, description="records (images) per request")
+    max_body_bytes: int = Field(ge=1024, description="request bodies over this are refused (413) before parsing")
+    batch_size: int = Field(ge=1, le=1024, description="images through the generator at once")
     timeout_s: int = Field(ge=1, description="per request")
 
 

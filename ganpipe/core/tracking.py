@@ -16,16 +16,21 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from ganpipe.core.redact import redact
+
 # MLflow limits one log_batch call to 1000 metrics.
 _BATCH = 1000
 DATASET_ATTEMPTS = 5
 
 
 def quiet_telemetry() -> None:
-    """Opt out of usage telemetry of the tools we drive, so nothing waits on the network."""
+    """Opt out of usage telemetry of the tools we drive, so nothing waits on the network; no MLflow
+    download bars."""
     for key in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(key, "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    # a progress bar per downloaded file would bury the one line a refusal prints
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def tracking_uri(root: str | Path) -> str:
@@ -52,6 +57,8 @@ def configure(root: str | Path) -> str:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    if redact(uri) != uri:  # MLflow prints "View run at <URI>" links with the URI as given, password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return uri
 
 

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from ganpipe.core.errors import GanpipeError
+from ganpipe.core.redact import redact, redact_url
 
 ENV = "GANPIPE_WEBHOOK_URL"
 log = logging.getLogger("ganpipe.notify")
@@ -41,6 +42,8 @@ def configured(params_url: str | None) -> str | None:
 
 def failure_notice(flow: str, run_name: str, run_id: str, state: str, message: str, project_dir: str | None) -> dict:
     """Log the failure; POST it to the webhook when one is configured. Returns the notice."""
+    url = webhook_url(project_dir)
+    message = redact(message, [url] if url else [])  # a state message may quote a URI with its password
     notice = {
         "text": f"ganpipe: flow run {flow}/{run_name} {state.lower()}: {message}",
         "flow": flow,
@@ -51,7 +54,6 @@ def failure_notice(flow: str, run_name: str, run_id: str, state: str, message: s
         "project_dir": project_dir,
     }
     log.error(notice["text"])
-    url = webhook_url(project_dir)
     if url:
         req = urllib.request.Request(
             url, data=json.dumps(notice).encode(), method="POST", headers={"Content-Type": "application/json"}
@@ -60,7 +62,9 @@ def failure_notice(flow: str, run_name: str, run_id: str, state: str, message: s
             with urllib.request.urlopen(req, timeout=10) as resp:
                 resp.read()
         except Exception as exc:  # unreachable, refused, malformed URL: say so, never mask the failure
-            log.error("ganpipe: the failure webhook %s did not take the notice: %s", url, exc)
+            log.error(
+                "ganpipe: the failure webhook %s did not take the notice: %s", redact_url(url), redact(str(exc), [url])
+            )
     return notice
 
 

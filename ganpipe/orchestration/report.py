@@ -10,6 +10,7 @@ import base64
 from pathlib import Path
 
 from ganpipe.core.metric_keys import higher_is_better
+from ganpipe.core.redact import redact
 
 ORDER = ("kid", "fid", "precision", "recall", "density", "coverage", "memorization", "is")
 
@@ -44,7 +45,7 @@ def registration_markdown(r: dict, run_id: str = "", tracking_uri: str = "") -> 
         "",
         f"protocol `{r['fingerprint']}`, model `{r['model_uri']}`"
         + (f", MLflow run `{run_id}`" if run_id else "")
-        + (f" on `{tracking_uri}`" if tracking_uri else ""),
+        + (f" on `{redact(tracking_uri)}`" if tracking_uri else ""),
     ]
     return "\n".join(lines).strip() + "\n"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ganpipe.core.errors import ConfigError
 from ganpipe.core.params import ScheduleParams
+from ganpipe.core.redact import redact
 from ganpipe.orchestration.notify import configured
 from ganpipe.orchestration.watchdog import ensure_automation, heartbeats
 
@@ -59,7 +60,7 @@ def serve_nightly(sp: ScheduleParams, root: str | Path) -> None:
     schedule = cron_schedule(sp)
     ensure_automation(sp, configured(sp.webhook_url))
     print(
-        f"serving {FLOW}/{sp.deployment} on {url}: cron '{sp.cron}' ({sp.timezone}) for {Path(root).resolve()}; "
+        f"serving {FLOW}/{sp.deployment} on {redact(url)}: cron '{sp.cron}' ({sp.timezone}) for {Path(root).resolve()}; "
         f"runs silent for {sp.crashed_after_s} s are marked Crashed",
         flush=True,
     )

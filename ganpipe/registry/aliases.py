@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from ganpipe.core.errors import RegistryError
 from ganpipe.core.locking import registry_lock
 from ganpipe.nets.models import classes, latents
-from ganpipe.registry.refs import load_generator
+from ganpipe.registry.refs import Scope, load_generator
 
 CHALLENGER = "challenger"  # the latest version that did not pass the gate
 HISTORY_PREFIX = "alias_move."
@@ -72,6 +72,14 @@ def history(client: MlflowClient, name: str) -> list[dict]:
     ]
 
 
+def holder_before(client: MlflowClient, name: str, alias: str, version: str):
+    """The version `alias` pointed at before it was last moved to `version` (None if none)."""
+    moves = [e for e in history(client, name) if e["alias"] == alias and e["to"] == str(version)]
+    if not moves or moves[-1]["from"] is None:
+        return None
+    return client.get_model_version(name, moves[-1]["from"])
+
+
 def verify_alias(client: MlflowClient, name: str, alias: str, expected: str, previous: str | None) -> None:
     """Post-promotion check: what `models:/NAME@ALIAS` serves now is `expected`, its raw output is
     finite and its images are not all alike. On failure the alias goes back and PromotionCheckFailed."""
@@ -81,7 +89,7 @@ def verify_alias(client: MlflowClient, name: str, alias: str, expected: str, pre
         if served is None or str(served.version) != str(expected):
             problem = f"alias {alias} points at {None if served is None else served.version}, not v{expected}"
         else:
-            G = load_generator(f"models:/{name}@{alias}")
+            G = load_generator(f"models:/{name}@{alias}", Scope.only(name))
             with torch.no_grad():
                 x = G(latents(range(CHECK_IMAGES), G.z_dim), classes(G, range(CHECK_IMAGES)))
             if not torch.isfinite(x).all():
@@ -90,7 +98,7 @@ def verify_alias(client: MlflowClient, name: str, alias: str, expected: str, pre
                 problem = (
                     f"{CHECK_IMAGES} images are (nearly) identical (diversity {diversity:.2g} < {MIN_DIVERSITY:g})"
                 )
-    except (MlflowException, RegistryError, RuntimeError) as exc:
+    except Exception as exc:  # whatever breaks loading or running it, the alias must not stay on it
         problem = f"cannot load and run it ({type(exc).__name__}: {exc})"
     if problem is None:
         return

@@ -19,6 +19,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 import ganpipe
+from ganpipe.core.hashing import file_sha256
+from ganpipe.registry.refs import ARTIFACT_NAME, CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_SHA256_TAG
 
 PACKAGE_DIR = Path(ganpipe.__file__).parent
 ENTRY = PACKAGE_DIR / "serving" / "pyfunc_entry.py"
@@ -37,7 +39,6 @@ SHIPPED_MODULES = (
     "serving/__init__.py",
     "serving/pyfunc.py",
 )
-ARTIFACT_NAME = "generator"
 
 
 def _signature(config: dict) -> ModelSignature:
@@ -65,15 +66,34 @@ def _input_doc(config: dict) -> dict:
     }
 
 
-def log_generator(G_ema_state: dict, config: dict, model_name: str, data_sha256: str = "") -> tuple[str, str]:
-    """Log the generator to the active run and register it; returns (version, model_uri)."""
+def save_local(weights: Path, config: dict, path: Path) -> Path:
+    """A pyfunc model directory at `path` from verified weights and config, whose python_model is the
+    installed ganpipe's entry file and which ships no code: what `ganpipe serve` serves, so that code
+    stored with a version never runs (`mlflow models serve` of the registry's copy would run it)."""
+    config_path = path.parent / f"{path.name}-{CONFIG_FILE}"
+    config_path.write_text(json.dumps(config, indent=2))
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=str(ENTRY),
+        artifacts={"weights": str(weights), "config": str(config_path)},
+        signature=_signature(config),
+        metadata={"ganpipe_input": _input_doc(config)},
+    )
+    return path
+
+
+def log_generator(G_ema_state: dict, config: dict, model_name: str, data_sha256: str = "") -> tuple[str, str, str]:
+    """Log the generator to the active run and register it; returns (version, model_uri, weights sha256).
+    The sha256 of the weights file goes into the model's metadata; `register` also tags the version with it."""
     from safetensors.torch import save_file
 
     config = {**config, "provenance": {"run_id": mlflow.active_run().info.run_id, "data_sha256": data_sha256}}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        save_file({k: v.contiguous() for k, v in G_ema_state.items()}, d / "generator.safetensors")
-        (d / "config.json").write_text(json.dumps(config, indent=2))
+        weights, config_path = d / WEIGHTS_FILE, d / CONFIG_FILE
+        save_file({k: v.contiguous() for k, v in G_ema_state.items()}, weights)
+        config_path.write_text(json.dumps(config, indent=2))
+        sha = file_sha256(weights)
         code = d / "code" / "ganpipe"
         code.mkdir(parents=True)
         for name in SHIPPED_MODULES:
@@ -82,10 +102,10 @@ def log_generator(G_ema_state: dict, config: dict, model_name: str, data_sha256:
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME,
             python_model=str(ENTRY),
-            artifacts={"weights": str(d / "generator.safetensors"), "config": str(d / "config.json")},
+            artifacts={"weights": str(weights), "config": str(config_path)},
             code_paths=[str(code)],
             signature=_signature(config),
-            metadata={"ganpipe_input": _input_doc(config)},
+            metadata={"ganpipe_input": _input_doc(config), WEIGHTS_SHA256_TAG: sha},
             input_example=pd.DataFrame({"seed": [0, 1], "psi": [1.0, 0.7]}),
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
@@ -97,4 +117,4 @@ def log_generator(G_ema_state: dict, config: dict, model_name: str, data_sha256:
             ],
             registered_model_name=model_name,
         )
-    return str(info.registered_model_version), f"models:/{model_name}/{info.registered_model_version}"
+    return str(info.registered_model_version), f"models:/{model_name}/{info.registered_model_version}", sha

@@ -20,11 +20,18 @@ from ganpipe.evaluation.evaluate import generated_features, score_generator, sco
 from ganpipe.evaluation.features import build_extractor
 from ganpipe.evaluation.metrics import paired_difference
 from ganpipe.evaluation.refstats import load_ref_stats
-from ganpipe.nets.checkpoint import generator_from_checkpoint, load_checkpoint
-from ganpipe.registry.aliases import CHALLENGER, current_holder, move_alias, verify_alias
+from ganpipe.nets.checkpoint import G_EMA, GENERATOR_CONFIG, generator_from_checkpoint, load_checkpoint
+from ganpipe.registry.aliases import CHALLENGER, current_holder, holder_before, move_alias, verify_alias
 from ganpipe.registry.gate import gate
 from ganpipe.registry.packaging import log_generator
-from ganpipe.registry.refs import load_generator, stored_result
+from ganpipe.registry.refs import (
+    WEIGHTS_SHA256_TAG,
+    Scope,
+    load_generator,
+    logged_weights_sha256,
+    stored_result,
+    version_of_run,
+)
 
 
 def champion_result(
@@ -54,20 +61,26 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
     candidate = {**scores_of(metrics), "fingerprint": metrics["fingerprint"], "protocol": metrics.get("protocol")}
     fp = metrics["fingerprint"]
 
+    run_id = info["mlflow_run_id"]
     tracking_uri = tracking.configure(layout.root)
     client = MlflowClient()
     # One decision at a time per model and store: a pipeline finishing at the same moment waits, then is
     # compared with whatever this one leaves as champion (never both "first version", never the worse one).
     with registry_lock(tracking_uri, rp.model_name):
         # Decide first: a refused comparison (IncomparableError) leaves no half-registered version behind.
+        # A retry of a failed attempt finds the version that attempt created for this training run and
+        # finishes it: its tags, the gate and the alias; never a second version of one training.
+        existing = version_of_run(client, rp.model_name, run_id)
         holder = current_holder(client, rp.model_name, rp.alias)
+        if existing is not None and holder is not None and str(holder.version) == str(existing.version):
+            holder = holder_before(client, rp.model_name, rp.alias, str(existing.version))  # judged against that one
         previous = None if holder is None else str(holder.version)
         champ, diff = None, None
         if holder is not None:
             device = resolve_device()
             extractor = build_extractor(ep, device)
             ref = load_ref_stats(layout.ref_stats_path)
-            G_champ = load_generator(f"models:/{rp.model_name}/{holder.version}", device)
+            G_champ = load_generator(f"models:/{rp.model_name}/{holder.version}", Scope.only(rp.model_name), device)
             G_cand = generator_from_checkpoint(layout.checkpoint_path, device)[0]
             champ = champion_result(client, holder, G_champ, fp, ep, extractor, ref, rp.model_name)
             # Same seeds for both models: sample i of one pairs with sample i of the other (cached features).
@@ -77,9 +90,17 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
             diff = paired_difference(rp.primary_metric, ref.stats, fa, fb, g.bootstrap, g.confidence, ep.seed)
         decision = gate(candidate, champ, rp.primary_metric, diff, rp.gate)
 
-        with mlflow.start_run(run_id=info["mlflow_run_id"]):
-            version, uri = log_generator(ckpt["G_ema"], ckpt["generator_config"], rp.model_name, info["data_sha256"])
+        if existing is None:
+            with mlflow.start_run(run_id=run_id):
+                version, uri, weights_sha256 = log_generator(
+                    ckpt[G_EMA], ckpt[GENERATOR_CONFIG], rp.model_name, info["data_sha256"]
+                )
+        else:
+            version, uri = str(existing.version), f"models:/{rp.model_name}/{existing.version}"
+            weights_sha256 = logged_weights_sha256(client, rp.model_name, version)
+            print(f"{rp.model_name} v{version} was registered for run {run_id} by an earlier attempt: finishing it")
         tags = {
+            WEIGHTS_SHA256_TAG: weights_sha256,
             "data_sha256": info["data_sha256"],
             "data_source": info.get("data_source", ""),
             "data_dvc_md5": info.get("data_dvc_md5", ""),
@@ -95,11 +116,12 @@ def register(rp: RegistryParams, ep: EvalParams, layout: Layout) -> dict:
         }
         for k, v in tags.items():
             client.set_model_version_tag(rp.model_name, version, k, v)
+        alias = rp.alias if decision.promote else CHALLENGER
+        now = current_holder(client, rp.model_name, alias)
+        if now is None or str(now.version) != version:  # an earlier attempt may have moved it already
+            move_alias(client, rp.model_name, alias, version, "register (gate)", decision.reason)
         if decision.promote:
-            move_alias(client, rp.model_name, rp.alias, version, "register (gate)", decision.reason)
             verify_alias(client, rp.model_name, rp.alias, version, previous)
-        else:
-            move_alias(client, rp.model_name, CHALLENGER, version, "register (gate)", decision.reason)
 
     result = {
         "model_name": rp.model_name,

@@ -18,24 +18,31 @@ from ganpipe.core.tracking import run_result
 from ganpipe.evaluation.evaluate import score_generator
 from ganpipe.evaluation.features import build_extractor
 from ganpipe.evaluation.refstats import load_ref_stats
-from ganpipe.registry.refs import load_generator, version_result
+from ganpipe.registry.refs import Scope, check_scope, load_generator, version_result
 
 
 def evaluate_model(
-    p: EvalParams, model: str, ref_stats_path: str | Path, out_path: str | Path | None = None, root: str | Path = "."
+    p: EvalParams,
+    model: str,
+    ref_stats_path: str | Path,
+    out_path: str | Path | None = None,
+    root: str | Path = ".",
+    allow_foreign: bool = False,
 ) -> dict:
     """Score any model (`models:/...`, `runs:/...` or a checkpoint path) under the current protocol;
     write the result to `out_path` when given. Nothing is logged: the pipeline's own run is not touched."""
     tracking.configure(root)
     device = resolve_device()
-    G = load_generator(model, device)
+    G = load_generator(model, Scope.project(root, allow_foreign), device)
     result = score_generator(G, build_extractor(p, device), load_ref_stats(ref_stats_path), p)
     if out_path:
         write_json(out_path, result)
     return result
 
 
-def load_result(ref: str) -> dict:
+def load_result(ref: str, scope: Scope) -> dict:
+    """The evaluation result of a metrics file, a registered version or a run within `scope`."""
+    check_scope(ref, scope)
     if ref.startswith("models:/"):
         return version_result(ref)
     if ref.startswith("runs:/"):

@@ -20,12 +20,13 @@ from ganpipe.core.io import atomic_path
 from ganpipe.nets.models import classes, latents, to_uint8
 
 
-def _load(model: str, root: str | Path):
-    from ganpipe.registry.refs import load_generator, model_meta
+def _load(model: str, root: str | Path, allow_foreign: bool = False):
+    from ganpipe.registry.refs import Scope, load_generator, model_meta
 
     tracking.configure(root)
-    meta = model_meta(model)
-    return load_generator(meta["model_uri"]), meta
+    scope = Scope.project(root, allow_foreign)
+    meta = model_meta(model, scope)
+    return load_generator(meta["model_uri"], scope), meta
 
 
 def _classes(G: torch.nn.Module, seeds, class_: int | None) -> torch.Tensor | None:
@@ -48,12 +49,20 @@ def render(
 
 
 def generate(
-    model: str, n: int, seed: int, out: str | Path, psi: float = 1.0, class_: int | None = None, root: str | Path = "."
+    model: str,
+    n: int,
+    seed: int,
+    out: str | Path,
+    psi: float = 1.0,
+    class_: int | None = None,
+    root: str | Path = ".",
+    allow_foreign: bool = False,
 ) -> list[Path]:
     """`n` images for seeds seed..seed+n-1: one grid PNG, or one PNG per image when `out` is a directory
     (ends with '/' or exists as one). For a conditional model every image has class `class_`, or by
-    default seed mod num_classes. Returns the files written."""
-    G, meta = _load(model, root)
+    default seed mod num_classes. Only the project's models load unless `allow_foreign`. Returns the
+    files written."""
+    G, meta = _load(model, root, allow_foreign)
     seeds = range(seed, seed + n)
     c = _classes(G, seeds, class_)
     images = render(G, latents(seeds, G.z_dim), psi, c)
@@ -93,6 +102,7 @@ def animate(
     psi: float = 1.0,
     root: str | Path = ".",
     class_: int | None = None,
+    allow_foreign: bool = False,
 ) -> Path:
     """Interpolate through the latents of `seeds` (two seeds: an interpolation; more: a walk that
     returns to the first) into an animated GIF or an MP4, chosen by the suffix of `out`. A conditional
@@ -102,7 +112,7 @@ def animate(
         raise DataError(f"{out}: animations are written as .gif or .mp4")
     if len(seeds) < 2 or frames < 2:
         raise DataError("an animation needs at least two seeds and two frames per step")
-    G, _ = _load(model, root)
+    G, _ = _load(model, root, allow_foreign)
     z = latents(seeds, G.z_dim)
     c0 = _classes(G, seeds[:1], class_)
     stops = list(range(len(seeds))) + ([0] if len(seeds) > 2 else [])
@@ -122,8 +132,9 @@ def animate(
     return out
 
 
-def replay(png: str | Path, out: str | Path, root: str | Path = ".") -> Path:
-    """Regenerate a PNG written by `generate` from its provenance chunks (pinned model version)."""
+def replay(png: str | Path, out: str | Path, root: str | Path = ".", allow_foreign: bool = False) -> Path:
+    """Regenerate a PNG written by `generate` from its provenance chunks (pinned model version). The PNG
+    names the model: anything outside the project's scope is refused unless `allow_foreign`."""
     text = png_text(png)
     if f"{PREFIX}model_uri" not in text:
         raise DataError(f"{png}: no ganpipe provenance in this PNG")
@@ -136,4 +147,5 @@ def replay(png: str | Path, out: str | Path, root: str | Path = ".") -> Path:
         float(text[f"{PREFIX}psi"]),
         None if cls is None else int(cls),
         root,
+        allow_foreign,
     )[0]

@@ -33,6 +33,7 @@ MAX_IMAGES = 64  # per request, unless GANPIPE_SERVE_MAX_IMAGES says otherwise (
 MAX_IMAGES_ENV = "GANPIPE_SERVE_MAX_IMAGES"
 SERVED_AS_ENV = "GANPIPE_SERVED_AS"  # JSON {model, version, alias}: what `ganpipe serve` resolved
 SEED_LIMIT = 2**63
+BATCH_SIZE = 16  # images through G at once (`ganpipe serve` uses serve.batch_size)
 
 
 class BadRequest(ValueError):
@@ -91,6 +92,29 @@ def parse_records(frame, num_classes: int, max_images: int) -> list[tuple[int, f
     return out
 
 
+@torch.no_grad()
+def generate_rows(G, records: list[tuple[int, float, int | None]], meta: dict, batch_size: int) -> list[dict]:
+    """One prediction row per (seed, psi, class) record: the values used and `image`, a base64 PNG with
+    provenance `meta`. Generated `batch_size` at a time: memory stays bounded whatever the request size."""
+    rows = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i : i + batch_size]
+        psi = torch.tensor([p for _, p, _ in chunk])[:, None]
+        c = torch.tensor([k for _, _, k in chunk]) if G.num_classes else None
+        images = to_uint8(G(latents([s for s, _, _ in chunk], G.z_dim) * psi, c)).numpy()
+        for (seed, p, k), img in zip(chunk, images):
+            png = png_bytes(to_pil(img), provenance(meta, seed, p, k))
+            rows.append(
+                {
+                    "seed": seed,
+                    "psi": p,
+                    **({"class": k} if k is not None else {}),
+                    "image": base64.b64encode(png).decode("ascii"),
+                }
+            )
+    return rows
+
+
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from safetensors.torch import load_file
@@ -121,19 +145,4 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
             records = parse_records(model_input, self.G.num_classes, self.max_images)
         except BadRequest as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        seeds = [s for s, _, _ in records]
-        psi = torch.tensor([p for _, p, _ in records])[:, None]
-        c = torch.tensor([k for _, _, k in records]) if self.G.num_classes else None
-        images = to_uint8(self.G(latents(seeds, self.G.z_dim) * psi, c)).numpy()
-        rows = []
-        for (seed, p, k), img in zip(records, images):
-            png = png_bytes(to_pil(img), provenance(self.meta, seed, p, k))
-            rows.append(
-                {
-                    "seed": seed,
-                    "psi": p,
-                    **({"class": k} if k is not None else {}),
-                    "image": base64.b64encode(png).decode("ascii"),
-                }
-            )
-        return pd.DataFrame(rows)
+        return pd.DataFrame(generate_rows(self.G, records, self.meta, BATCH_SIZE))

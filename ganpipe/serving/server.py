@@ -1,66 +1,71 @@
-"""`ganpipe serve`: the champion over HTTP, as a thin wrapper around `mlflow models serve`.
+"""`ganpipe serve`: one registered generator over HTTP, MLflow's scoring protocol (`ganpipe.serving.http`).
 
-The alias is resolved once, at start, and the pinned version is served (and printed): moving the
-alias later does not change what a running server answers with. The request cap and the served
-name/version/alias reach the model through environment variables (see ganpipe.serving).
+What is served is built from the version's weights and config (sha256-checked) with the installed
+ganpipe code; the code stored with the version is never run. The alias is resolved once, at start, and
+the pinned version is served (and printed): moving the alias later does not change what a running
+server answers with. Other MLflow clients can still serve the registry's pyfunc with
+`mlflow models serve`, which runs the code stored with the version.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
+import shutil
+import tempfile
 from pathlib import Path
 
 from ganpipe.core import tracking
 from ganpipe.core.errors import RegistryError
 from ganpipe.core.params import ServeParams
-from ganpipe.serving.pyfunc import MAX_IMAGES_ENV, SERVED_AS_ENV
+
+SERVE_DIR_ENV = "GANPIPE_SERVE_DIR"  # what each server worker loads: verified weights, config, serve.json
 
 
-def serve_command(sp: ServeParams, model: str, port: int, root: str | Path = ".") -> tuple[list[str], dict, dict]:
-    """(argv, environment, model meta) of the `mlflow models serve` process for `model`."""
-    from ganpipe.registry.refs import model_meta
+def prepare(sp: ServeParams, model: str, root: str | Path = ".", allow_foreign: bool = False) -> tuple[Path, dict]:
+    """Resolve `model` within the project's scope, download and verify its weights and config into a
+    fresh directory with the serving settings; (that directory, model meta). A corrupt or swapped file
+    is refused here, before the server starts, never as a 5xx per request."""
+    from ganpipe.registry.refs import Scope, fetch_verified, model_meta
 
-    uri = tracking.configure(root)
-    meta = model_meta(model)  # also: one clear error for an unknown model, version or alias
+    tracking.configure(root)
+    scope = Scope.project(root, allow_foreign)
+    meta = model_meta(model, scope)  # also: one clear error for an unknown model, version or alias
     if not meta["model_uri"].startswith(("models:/", "runs:/")):
         raise RegistryError(f"{model}: serve a registered model (models:/NAME@ALIAS or models:/NAME/VERSION)")
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        meta["model_uri"],
-        "--env-manager",
-        "local",
-        "-h",
-        sp.host,
-        "-p",
-        str(port),
-        "-w",
-        str(sp.workers),
-        "-t",
-        str(sp.timeout_s),
-    ]
-    # mlflow starts `uvicorn` by name: find it next to this interpreter even when the venv is not active
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {
-        **os.environ,
-        "PATH": path,
-        "MLFLOW_TRACKING_URI": uri,
-        "MLFLOW_REGISTRY_URI": uri,
-        MAX_IMAGES_ENV: str(sp.max_images),
-        SERVED_AS_ENV: json.dumps({k: meta[k] for k in ("model", "version", "alias")}),
+    work = Path(tempfile.mkdtemp(prefix="ganpipe-serve-"))
+    weights, config, label, _ = fetch_verified(meta["model_uri"], scope, work / "download")
+    shutil.move(weights, work / "generator.safetensors")
+    settings = {
+        "meta": meta,
+        "label": label,
+        "config": config,
+        "max_images": sp.max_images,
+        "max_body_bytes": sp.max_body_bytes,
+        "batch_size": sp.batch_size,
+        "timeout_s": sp.timeout_s,
     }
-    return argv, env, meta
+    (work / "serve.json").write_text(json.dumps(settings))
+    shutil.rmtree(work / "download", ignore_errors=True)
+    return work, meta
 
 
-def serve(sp: ServeParams, model: str, port: int, root: str | Path = ".") -> None:
-    """Replace this process with the model server (Ctrl-C stops it)."""
-    argv, env, meta = serve_command(sp, model, port, root)
+def serve(sp: ServeParams, model: str, port: int, root: str | Path = ".", allow_foreign: bool = False) -> None:
+    """Serve until interrupted (Ctrl-C stops it)."""
+    import uvicorn
+
+    work, meta = prepare(sp, model, root, allow_foreign)
     pinned = meta["model_uri"] + (f" (= @{meta['alias']} now)" if meta["alias"] else "")
     print(f"serving {pinned} on http://{sp.host}:{port}/invocations (max {sp.max_images} images a request)", flush=True)
-    os.execvpe(argv[0], argv, env)
+    os.environ[SERVE_DIR_ENV] = str(work)  # the workers are other processes when sp.workers > 1
+    try:
+        uvicorn.run(
+            "ganpipe.serving.http:app_from_env",
+            factory=True,
+            host=sp.host,
+            port=port,
+            workers=sp.workers,
+            log_level="warning",
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
