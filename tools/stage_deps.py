@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ganpipe"
-# What each stage's CLI command (ganpipe/cli.py's cmd_* functions) imports to do its work.
+# What each stage's CLI command (ganpipe/commands.py's cmd_* functions) imports to do its work.
 STAGE_ENTRIES = {
     "prepare": ["ganpipe.data.prepare", "ganpipe.core.params", "ganpipe.core.paths"],
     "ref-stats": ["ganpipe.evaluation.refstats", "ganpipe.evaluation.features", "ganpipe.core.device"],
