@@ -7,7 +7,6 @@ Hyperparameters live in params.yaml only (use `dvc exp run -S key=value` to vary
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ganpipe.commands import (
@@ -170,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ganpipe.core.tracking import quiet_telemetry
+    from ganpipe.core.tracking import quiet_telemetry, refuse_pickles
 
     args = build_parser().parse_args(argv)
     args.layout = layout(args.project_dir)
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ganpipe: error: need -n >= 1, 0 < --psi <= 2, --frames >= 2, --walk >= 0", file=sys.stderr)
         return 2
     quiet_telemetry()
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # nothing ganpipe loads is a pickle
+    refuse_pickles()  # nothing ganpipe loads is a pickle
     try:
         args.fn(args)
     except GanpipeError as exc:

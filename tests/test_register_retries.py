@@ -13,6 +13,7 @@ from ganpipe.registry import aliases
 from ganpipe.registry import register as register_module
 from ganpipe.registry.aliases import PromotionCheckFailed, history
 from ganpipe.registry.register import register
+from tests.conftest import as_new_training
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_a_retry_after_the_alias_moved_is_judged_against_the_champion_before_it(
     name = p.registry.model_name
     register(p.registry, p.eval, lay)  # v1, champion
     # the second training's attempt dies right after moving the alias, before its check
-    lay.run_info_path.write_text(lay.run_info_path.read_text().replace(_run_id(lay), _new_run(client, lay)))
+    as_new_training(lay)
     monkeypatch.setattr(register_module, "verify_alias", _raise(RuntimeError("killed")))
     monkeypatch.setattr(register_module, "gate", _promote_anyway(register_module.gate))
     with pytest.raises(RuntimeError, match="killed"):
@@ -112,16 +113,3 @@ def _promote_anyway(gate):
         return type(d)(True, "promoted for the test", d.checks)
 
     return always
-
-
-def _run_id(lay) -> str:
-    import json
-
-    return json.loads(lay.run_info_path.read_text())["mlflow_run_id"]
-
-
-def _new_run(client, lay) -> str:
-    """A second training run (same weights: the gate is forced in this test)."""
-    run = client.create_run(client.get_run(_run_id(lay)).info.experiment_id)
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id

@@ -33,6 +33,14 @@ def quiet_telemetry() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+
+
+def refuse_pickles() -> None:
+    """MLflow may unpickle cloudpickled models (its default allows it): never in a ganpipe process."""
+    os.environ[PICKLE_ENV] = "false"
+
+
 def tracking_uri(root: str | Path) -> str:
     """$MLFLOW_TRACKING_URI, else the project's `mlflow.db`. On SQLite, MLflow 3 opens every session with
     `PRAGMA busy_timeout = 20000`: a writer waits up to 20 s for another instead of failing with

@@ -12,7 +12,6 @@ weights' sha256, recorded at registration, is checked on every load.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +23,13 @@ from mlflow.tracking import MlflowClient
 
 from ganpipe.core.errors import RegistryError
 from ganpipe.core.hashing import file_sha256
+from ganpipe.core.tracking import refuse_pickles
 from ganpipe.nets.checkpoint import generator_from_checkpoint, load_checkpoint
 from ganpipe.nets.models import build_generator
 
 ARTIFACT_NAME = "generator"  # the logged model's name in its training run
 WEIGHTS_FILE, CONFIG_FILE = "generator.safetensors", "config.json"  # under the model's artifacts/
 WEIGHTS_SHA256_TAG = "weights_sha256"  # version tag and model metadata key, written at registration
-PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
-
-
-def refuse_pickles() -> None:
-    """MLflow may unpickle cloudpickled models (its default allows it): never in a ganpipe process."""
-    os.environ[PICKLE_ENV] = "false"
 
 
 @dataclass(frozen=True)
