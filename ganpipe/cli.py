@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ganpipe.core.tracking import quiet_telemetry, refuse_pickles
+    from ganpipe.core.environment import quiet_telemetry, refuse_pickles
 
     args = build_parser().parse_args(argv)
     args.layout = layout(args.project_dir)

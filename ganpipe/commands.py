@@ -185,10 +185,17 @@ def _heartbeats(args):
 
 
 def cmd_run(args) -> None:
-    from ganpipe.orchestration.pipeline import training_pipeline
+    import time
 
+    from ganpipe.orchestration.pipeline import training_pipeline
+    from ganpipe.orchestration.report import stage_times
+
+    t0 = time.time()
     with _heartbeats(args):
         r = training_pipeline(project_dir=str(args.layout.root), force=args.force)
+    # before the flow's first stage: Prefect's (temporary) server and the flow run's set-up
+    seconds = {"prefect start": r["flow_started_at"] - t0, **r["stage_seconds"]}
+    print(stage_times(seconds))
     if r["skipped"]:
         print(
             f"skipped: {r['reason']}; champion: models:/{r['model_name']}@{r['alias']} = v{r['champion']} "

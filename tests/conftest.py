@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import http.client
 import json
@@ -10,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -19,6 +21,12 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Prefect's own home (its temporary server's database, profiles) for this test process alone, set before
+# any test module imports Prefect: the tests never read or change the user's ~/.prefect, and parallel
+# test processes (`pytest -n`) never share one SQLite database.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ganpipe-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 
 # Small enough for seconds on 2 CPU cores; same structure as the shipped params.yaml.
 TINY_OVERRIDES = {
@@ -241,6 +249,24 @@ def trained_project(_trained_once, tmp_path_factory):
     and no other test sees it. (params, layout), like `build_trained`."""
     p, lay = _trained_once
     return p, copy_project(lay.root, tmp_path_factory.mktemp("trained-copy") / "project")
+
+
+@pytest.fixture(scope="session")
+def _reproduced_once(tmp_path_factory):
+    """A tiny project after `dvc repro` (git + DVC, every stage in dvc.lock, v1 the champion); returns
+    (root, the output of that `dvc repro`). Tests use copies (`reproduced_project`), never this one."""
+    root = make_project(tmp_path_factory.mktemp("reproduced") / "project", tiny_params_dict())
+    return root, run([sys.executable, "-m", "dvc", "repro"], root).stdout
+
+
+@pytest.fixture
+def reproduced_project(_reproduced_once, tmp_path_factory) -> Path:
+    """A copy of the reproduced project of this test's own: `dvc status` finds nothing to do, so a
+    pipeline run on it is quick (Skipped) until the test changes something."""
+    src, _ = _reproduced_once
+    # .dvc/tmp: DVC's caches of hashes by inode and of its lock holders, rebuilt on use
+    skip = lambda d, names: ["tmp"] if Path(d).name == ".dvc" else []  # noqa: E731
+    return copy_project(src, tmp_path_factory.mktemp("reproduced-copy") / "project", ignore=skip).root
 
 
 @pytest.fixture(scope="session")

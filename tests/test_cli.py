@@ -70,3 +70,15 @@ def test_ui_serves_the_project_store_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # mlflow ui and its server workers
         proc.wait(timeout=30)
+
+
+def test_stage_times_read_as_minutes_and_seconds_with_a_total():
+    from ganpipe.orchestration.report import stage_times
+
+    text = stage_times({"prefect start": 21.04, "train": 306.5})
+    assert text.splitlines() == [
+        "stage times:",
+        "  prefect start  21.0 s",
+        "  train          5 min  6.5 s",
+        "  total          5 min 27.5 s",
+    ]

@@ -20,6 +20,18 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
 
     result = training_pipeline(project_dir=str(project))
     assert result["version"] == "1" and result["promoted"] and result["champion"] == "1"
+    # where the time went, by stage in the order run (`ganpipe run` prints it)
+    assert list(result["stage_seconds"]) == [
+        "dvc status",
+        "prepare",
+        "dvc push",
+        "ref-stats",
+        "train",
+        "evaluate",
+        "register",
+        "plots + report",
+    ]
+    assert all(s > 0 for s in result["stage_seconds"].values())
     client = mlflow_client(project)
     holder = client.get_model_version_by_alias(result["model_name"], result["alias"])
     assert str(holder.version) == "1"

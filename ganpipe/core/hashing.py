@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are hashed: `ganpipe prepare` never needs it
+    import torch
 
 
 def json_sha256(obj: object) -> str:
@@ -28,6 +30,8 @@ def file_sha256(path: str | Path) -> str:
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of named tensors (names, dtypes, shapes, bytes, in name order): the identity of weights,
     independent of the file they came in (torch.save archives differ byte-wise between saves)."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()

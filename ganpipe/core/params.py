@@ -23,7 +23,7 @@ DEFAULT_PARAMS_PATH = Path("params.yaml")
 TorchvisionDataset = Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "stl10"]
 Crop = Literal["center", "pad"]
 Arch = Literal["dcgan", "resnet"]
-Loss = Literal["nonsaturating", "wgan-gp", "hinge", "lsgan"]
+Loss = Literal["nonsaturating", "wgan-gp", "hinge", "lsgan", "relativistic"]
 SweepValue = bool | int | float | str | None
 
 
@@ -76,6 +76,7 @@ class TrainParams(_Section):
     d_steps: int = Field(ge=1, le=100, description="D (critic) updates per G update; WGAN-GP uses 5")
     gp_lambda: float = Field(ge=0, description="wgan-gp: weight of the gradient penalty")
     r1_gamma: float = Field(ge=0, description="R1 penalty on real images (Mescheder et al. 2018); 0 = off")
+    r2_gamma: float = Field(0.0, ge=0, description="R2 penalty on generated images (R3GAN, Huang et al. 2024); 0 = off")
     batch_size: int = Field(ge=1, le=65536)
     total_kimg: float = Field(gt=0)
     snapshot_kimg: float = Field(gt=0)
@@ -93,6 +94,9 @@ class TrainParams(_Section):
     grid_size: int = Field(ge=1, le=256)
     snapshot_kid_images: int = Field(ge=16, le=50000, description="quick KID and diversity sample per snapshot")
     snapshot_extractor: Literal["inception", "tiny"]
+    snapshot_kid_last: int = Field(
+        2, ge=0, description="quick KID at the last N snapshots, the candidates for best; 0 = at every snapshot"
+    )
     keep_snapshots: int = Field(ge=1, le=1000, description="resumable checkpoints kept")
     max_rollbacks: int = Field(ge=0, le=100)
     max_grad_norm: float | None = Field(gt=0, description="a larger gradient norm counts as divergence")

@@ -23,24 +23,6 @@ _BATCH = 1000
 DATASET_ATTEMPTS = 5
 
 
-def quiet_telemetry() -> None:
-    """Opt out of usage telemetry of the tools we drive, so nothing waits on the network; no MLflow
-    download bars."""
-    for key in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
-        os.environ.setdefault(key, "true")
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    # a progress bar per downloaded file would bury the one line a refusal prints
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
-
-
-def refuse_pickles() -> None:
-    """MLflow may unpickle cloudpickled models (its default allows it): never in a ganpipe process."""
-    os.environ[PICKLE_ENV] = "false"
-
-
 def tracking_uri(root: str | Path) -> str:
     """$MLFLOW_TRACKING_URI, else the project's `mlflow.db`. On SQLite, MLflow 3 opens every session with
     `PRAGMA busy_timeout = 20000`: a writer waits up to 20 s for another instead of failing with

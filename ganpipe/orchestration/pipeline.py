@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from contextlib import contextmanager
 
 from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact
@@ -178,6 +180,22 @@ def publish_plots(project_dir: str) -> str:
     return page
 
 
+class StageClock:
+    """Wall seconds per stage of one flow run, in the order run (`ganpipe run` prints them at the end)."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+
 def retry_options(retries: int) -> dict:
     """Task options for I/O that may fail for a while (a remote, the registry): exponential backoff."""
     return {
@@ -191,12 +209,15 @@ def retry_options(retries: int) -> dict:
 def training_pipeline(project_dir: str = ".", force: bool = False):
     """Prepare, compute reference stats, train, evaluate, register; returns the registration result
     (with "skipped": True and the standing champion when nothing changed and not `force`)."""
+    clock = StageClock()
     lay = layout(project_dir)
     params = load_params(lay.params_path)  # fail fast, before any stage runs, on a bad params.yaml
     sp = params.schedule
     io = retry_options(sp.io_retries)
     root = str(lay.root)
-    if not stale_stages(root) and not force:
+    with clock("dvc status"):
+        stale = stale_stages(root)
+    if not stale and not force:
         previous = read_json(lay.registration_path, "the register stage")
         reason = "nothing changed"
         markdown = skipped_markdown(reason, previous)
@@ -206,28 +227,35 @@ def training_pipeline(project_dir: str = ".", force: bool = False):
         return Completed(
             message=f"skipped: {reason}",
             name="Skipped",
-            data={**previous, "skipped": True, "promoted": False, "reason": reason},
+            data={**previous, "skipped": True, "promoted": False, "reason": reason, **_times(clock)},
         )
     slot = training_slot_name(params.base.device)
     ensure_limit(slot)
     for stage in STAGES:
-        if stage == "train":
-            train_stage.with_options(retries=sp.train_retries, retry_delay_seconds=5)(
-                root, force, slot, sp.crashed_after_s
-            )
-        elif stage == "register":
-            register_stage.with_options(**io)(root, force)
-        else:
-            reproduce(stage, root, force and stage in FORCED)
+        with clock(stage):
+            if stage == "train":
+                train_stage.with_options(retries=sp.train_retries, retry_delay_seconds=5)(
+                    root, force, slot, sp.crashed_after_s
+                )
+            elif stage == "register":
+                register_stage.with_options(**io)(root, force)
+            else:
+                reproduce(stage, root, force and stage in FORCED)
         if stage == "prepare":
-            push_data.with_options(**io)(root)
+            with clock("dvc push"):
+                push_data.with_options(**io)(root)
     result = read_json(lay.registration_path, "the register stage")
     run_id = read_json(lay.run_info_path, "the train stage")["mlflow_run_id"]
-    page = publish_plots(root)
-    markdown = registration_markdown(result, run_id, tracking.tracking_uri(root))
-    publish.with_options(**io)(f"{markdown}\n\nTraining curves: [{page}]({page})", run_id, root)
+    with clock("plots + report"):
+        page = publish_plots(root)
+        markdown = registration_markdown(result, run_id, tracking.tracking_uri(root))
+        publish.with_options(**io)(f"{markdown}\n\nTraining curves: [{page}]({page})", run_id, root)
     state = "it is the new champion" if result["promoted"] else f"champion stays v{result['champion']}"
     print(f"registered {result['model_name']} v{result['version']}: {state} ({result['reason']})")
     for c in result.get("checks", []):
         print(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
-    return {**result, "skipped": False}
+    return {**result, "skipped": False, **_times(clock)}
+
+
+def _times(clock: StageClock) -> dict:
+    return {"stage_seconds": clock.seconds, "flow_started_at": clock.started}

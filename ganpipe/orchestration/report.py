@@ -80,3 +80,14 @@ def sweep_markdown(results: list[dict], winner: dict, metric: str, registration:
 def png_data_uri(path: str | Path) -> str:
     """A PNG as a data: URI, so an image artifact shows it without a file server."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def stage_times(seconds: dict[str, float]) -> str:
+    """Where a run's time went: one line per stage (in the order run) and the total."""
+    width = max(map(len, seconds), default=5)
+    lines = [f"  {name:<{width}}  {_duration(s)}" for name, s in seconds.items()]
+    return "\n".join(["stage times:", *lines, f"  {'total':<{width}}  {_duration(sum(seconds.values()))}"])
+
+
+def _duration(s: float) -> str:
+    return f"{int(s // 60)} min {s % 60:4.1f} s" if s >= 60 else f"{s:.1f} s"

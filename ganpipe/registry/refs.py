@@ -21,9 +21,9 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ganpipe.core.environment import refuse_pickles
 from ganpipe.core.errors import RegistryError
 from ganpipe.core.hashing import file_sha256
-from ganpipe.core.tracking import refuse_pickles
 from ganpipe.nets.checkpoint import generator_from_checkpoint, load_checkpoint
 from ganpipe.nets.models import build_generator
 

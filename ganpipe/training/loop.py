@@ -24,7 +24,6 @@ from ganpipe.core.errors import ConfigError, DataError
 from ganpipe.core.io import atomic_dir
 from ganpipe.core.params import Params, dumped_flat
 from ganpipe.data.prepare import load_split, read_manifest
-from ganpipe.evaluation.features import build_extractor
 from ganpipe.nets.checkpoint import load_checkpoint
 from ganpipe.nets.models import generator_config
 from ganpipe.training import augment, distributed
@@ -120,7 +119,7 @@ def _train(
     saved, diff = _resume_point(snaps, params, manifest["sha256"], resume, force, world, root)
     if saved is not None:
         state = resume_from(saved, engine, batches.shuffle, base.seed, world)
-    probe = _build_probe(params, images, device) if world.main else None
+    probe = _build_probe(params, images, manifest["sha256"], device) if world.main else None
     trainer = Trainer(tp, base.seed, world, engine, batches, snaps, state, probe)
     rank0 = world.main
     if saved is not None and rank0:
@@ -185,13 +184,13 @@ def _resume_point(
     return saved, diff
 
 
-def _build_probe(params: Params, images: np.ndarray, device: torch.device) -> Probe:
+def _build_probe(params: Params, images: np.ndarray, data_sha256: str, device: torch.device) -> Probe:
     # building a network draws from torch's RNG: fork it, so measuring never changes training
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        extractor = build_extractor(
-            params.eval.model_copy(update={"extractor": params.train.snapshot_extractor}), device
+        tp = params.train
+        return Probe.build(
+            params.eval, tp.snapshot_extractor, images, tp.snapshot_kid_images, params.base.seed, data_sha256, device
         )
-        return Probe.build(extractor, images, params.train.snapshot_kid_images, params.base.seed)
 
 
 def _start_run(

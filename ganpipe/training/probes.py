@@ -1,8 +1,14 @@
-"""What each training snapshot measures: a quick KID and a mode-collapse probe, on fixed samples.
+"""What each training snapshot measures, on a fixed latent batch of the EMA generator (seeds PROBE_SEED0...).
 
-Both use one feature pass over a fixed latent batch of the EMA generator (seeds PROBE_SEED0...) and one
-over a fixed subset of the training images, computed once per run. Neither touches the training RNG,
-so measuring does not change what is trained (exact resume depends on it).
+Two feature spaces, because they cost very differently on a CPU:
+- the collapse watch (diversity, duplicate rate) runs at every snapshot on the tiny fixed random conv net:
+  a collapsing generator draws near-identical images, which any feature space shows, and that net costs
+  milliseconds;
+- the quick KID, which chooses the snapshot the stage outputs, runs in `train.snapshot_extractor`'s space
+  (InceptionV3 by default, ~10 images/s on 2 CPU cores) at the last `train.snapshot_kid_last` snapshots
+  only: the candidates for best. Its real features depend on the data and the extractor alone, so they
+  come from the content-addressed cache after the first run on a dataset.
+Neither touches the training RNG, so measuring does not change what is trained (exact resume depends on it).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ganpipe.evaluation.features import Extractor
+from ganpipe.core import cache
+from ganpipe.core.params import EvalParams
+from ganpipe.evaluation.features import Extractor, build_extractor
 from ganpipe.evaluation.kid import kernel_inception_distance
 from ganpipe.evaluation.manifold import pairwise_distances
 from ganpipe.nets.models import sample
@@ -20,6 +28,8 @@ from ganpipe.nets.models import sample
 PROBE_SEED0 = 20_000_000  # latent seeds of the probe batch: apart from evaluation and grid seeds
 DUPLICATE_QUANTILE = 0.01  # a fake is a near-duplicate when its nearest fake is closer than this
 # quantile of the real images' nearest-neighbour distances
+CACHE_KIND = "probe-reals"
+WATCH_EXTRACTOR = "tiny"
 
 
 def _nearest(d: np.ndarray) -> np.ndarray:
@@ -28,39 +38,78 @@ def _nearest(d: np.ndarray) -> np.ndarray:
     return d.min(axis=1)
 
 
+def real_subset(n_available: int, num: int, seed: int) -> np.ndarray:
+    """Which training images the probe compares with: fixed by the seed and N."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_available, min(num, n_available), replace=False))
+
+
+def is_candidate(nimg: int, total_img: int, snapshot_img: int, last: int) -> bool:
+    """Whether the snapshot at `nimg` is one of the last `last` of the run (0: every snapshot is). A run
+    snapshots every `snapshot_img` images and at its end; a snapshot's nimg may overshoot its point by
+    less than a step."""
+    points = [*range(snapshot_img, total_img, snapshot_img), total_img]
+    return last == 0 or last >= len(points) or nimg >= points[-last]
+
+
 @dataclass
 class Probe:
-    """Features of the fixed real subset, and the statistics fakes are compared with."""
+    """Features of the fixed real subset in both spaces, and the statistics fakes are compared with."""
 
-    extractor: Extractor
-    real: np.ndarray
+    watch: Extractor
+    watch_real: np.ndarray
+    kid: Extractor
+    kid_real: np.ndarray
     batch_size: int
     seeds: list[int]
 
     @classmethod
-    def build(cls, extractor: Extractor, images: np.ndarray, num: int, seed: int, batch_size: int = 64) -> Probe:
-        rng = np.random.default_rng(seed)
-        idx = np.sort(rng.choice(len(images), min(num, len(images)), replace=False))
-        real = extractor.extract(np.asarray(images[idx]), batch_size).astype(np.float64)
-        return cls(extractor, real, batch_size, list(range(PROBE_SEED0, PROBE_SEED0 + num)))
+    def build(
+        cls,
+        eval_params: EvalParams,
+        kid_extractor_name: str,
+        images: np.ndarray,
+        num: int,
+        seed: int,
+        data_sha256: str,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+    ) -> Probe:
+        idx = real_subset(len(images), num, seed)
+        watch = build_extractor(eval_params.model_copy(update={"extractor": WATCH_EXTRACTOR}), device)
+        watch_real = watch.extract(np.asarray(images[idx]), batch_size).astype(np.float64)
+        if kid_extractor_name == WATCH_EXTRACTOR:
+            kid, kid_real = watch, watch_real
+        else:
+            kid = build_extractor(eval_params.model_copy(update={"extractor": kid_extractor_name}), device)
+            key = {"data_sha256": data_sha256, "subset_seed": seed, "num": len(idx), **kid.fingerprint()}
+            if (hit := cache.get(CACHE_KIND, key)) is None:
+                hit = {"features": kid.extract(np.asarray(images[idx]), batch_size)}
+                cache.put(CACHE_KIND, key, hit)
+            kid_real = hit["features"].astype(np.float64)
+        return cls(watch, watch_real, kid, kid_real, batch_size, list(range(PROBE_SEED0, PROBE_SEED0 + num)))
 
     def __post_init__(self) -> None:
-        d = pairwise_distances(self.real, self.real)
-        n = len(self.real)
+        d = pairwise_distances(self.watch_real, self.watch_real)
+        n = len(self.watch_real)
         self.real_spread = float(d.sum() / (n * (n - 1)))
         self.duplicate_radius = float(np.quantile(_nearest(d), DUPLICATE_QUANTILE))
 
     @torch.no_grad()
-    def measure(self, G_ema: torch.nn.Module) -> dict[str, float]:
-        """quick_kid (unbiased KID on the probe sets), diversity (mean pairwise feature distance of the
-        fakes / of the reals: about 1 for a healthy G, near 0 when it collapses) and duplicate_rate."""
-        fake = self.extractor.extract(sample(G_ema, self.seeds, self.batch_size), self.batch_size).astype(np.float64)
-        n = min(len(fake), len(self.real))
-        kid, _ = kernel_inception_distance(self.real, fake, subset_size=n, subsets=1)
+    def measure(self, G_ema: torch.nn.Module, kid: bool = True) -> dict[str, float]:
+        """diversity (mean pairwise feature distance of the fakes / of the reals: about 1 for a healthy G,
+        near 0 when it collapses) and duplicate_rate; with `kid`, quick_kid (unbiased KID on the probe sets)."""
+        images = sample(G_ema, self.seeds, self.batch_size)
+        fake = self.watch.extract(images, self.batch_size).astype(np.float64)
         d = pairwise_distances(fake, fake)
         spread = float(d.sum() / (len(fake) * (len(fake) - 1)))
-        return {
-            "quick_kid": kid,
+        out = {
             "diversity": spread / max(self.real_spread, 1e-12),
             "duplicate_rate": float((_nearest(d) <= self.duplicate_radius).mean()),
         }
+        if kid:
+            if self.kid is not self.watch:
+                fake = self.kid.extract(images, self.batch_size).astype(np.float64)
+            n = min(len(fake), len(self.kid_real))
+            out["quick_kid"], _ = kernel_inception_distance(self.kid_real, fake, subset_size=n, subsets=1)
+        return out

@@ -26,7 +26,7 @@ from ganpipe.training.batches import Batches
 from ganpipe.training.distributed import World
 from ganpipe.training.engine import Engine
 from ganpipe.training.outputs import log_text
-from ganpipe.training.probes import Probe
+from ganpipe.training.probes import Probe, is_candidate
 from ganpipe.training.snapshots import Snapshots
 from ganpipe.training.state import EngineState, RunRecord, TrainState, checkpoint, restore
 
@@ -141,12 +141,14 @@ class Trainer:
         best when its quick KID is), append a line to the log."""
         st, tp, G_ema = self.state, self.tp, self.engine.G_ema
         losses = self._log_pending_losses()
-        m = self.probe.measure(G_ema)
+        total_img, snapshot_img = int(round(tp.total_kimg * 1000)), int(round(tp.snapshot_kimg * 1000))
+        candidate = is_candidate(st.nimg, total_img, snapshot_img, tp.snapshot_kid_last)
+        m = self.probe.measure(G_ema, kid=candidate)
         mlflow.log_metrics(m, step=st.nimg)
         img = grid(sample(G_ema, self.grid_seeds).numpy())
         mlflow.log_image(np.asarray(img), key="samples", step=st.nimg)
         save_png(img, self.snaps.path / "latest.png")
-        best = st.best is None or is_better("kid", m["quick_kid"], st.best["quick_kid"])
+        best = candidate and (st.best is None or is_better("kid", m["quick_kid"], st.best["quick_kid"]))
         if best:
             st.best = {"kimg": st.nimg / 1000, "quick_kid": m["quick_kid"]}
         low = m["diversity"] < tp.collapse_threshold and st.nimg >= tp.collapse_after_kimg * 1000
