@@ -37,12 +37,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# -n: test processes (pytest-xdist); the slow tests mostly wait on servers, subprocesses and heartbeats,
+# so a third process on 2 cores fills that time. Each process has its own Prefect test server,
+# PREFECT_HOME and ganpipe cache. TEST_PROCS=0 runs everything in this one process.
+TEST_PROCS ?= 3
 test: install lint
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n $(TEST_PROCS) --durations=15
 
 # the edit-test loop: everything but the tests marked slow (whole pipelines, servers, killed processes)
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10
 
 clean-stores:
 	rm -rf mlflow.db mlartifacts

@@ -54,8 +54,6 @@ def test_two_registrations_at_once_leave_the_better_model_as_the_only_champion(t
 
 
 def test_a_registration_waits_while_another_process_holds_the_registry_lock(trained_project, tmp_path):
-    import time
-
     from ganpipe.core.tracking import tracking_uri
 
     p, lay = trained_project
@@ -80,15 +78,15 @@ def test_a_registration_waits_while_another_process_holds_the_registry_lock(trai
         text=True,
     )
     try:
-        time.sleep(25)  # a registration alone takes about 10 s here
+        waited = ""  # what register printed up to the moment it found the lock taken
+        while "waiting for the registry lock" not in waited:
+            line = register.stdout.readline()
+            assert line, f"register ended without waiting for the lock:\n{waited}"
+            waited += line
         client = mlflow_client(lay.root)
         assert register.poll() is None, "register finished while another process held the lock"
-        assert not [
-            v
-            for v in client.search_model_versions(f"name='{name}'")
-            if v.tags.get("mlflow_run_id") == json.loads(lay.run_info_path.read_text())["mlflow_run_id"]
-            and v.creation_timestamp > (time.time() - 25) * 1000
-        ]
+        run_id = json.loads(lay.run_info_path.read_text())["mlflow_run_id"]
+        assert not [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("mlflow_run_id") == run_id]
     finally:
         holder.communicate("go\n", timeout=30)
     out = register.communicate(timeout=300)[0]

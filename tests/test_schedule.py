@@ -12,7 +12,7 @@ import pytest
 
 from ganpipe.core.errors import ConfigError
 from ganpipe.core.params import ScheduleParams
-from tests.conftest import forget_nightly, make_project, nightly_deployment
+from tests.conftest import forget_nightly, nightly_deployment
 
 pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
 
@@ -65,7 +65,7 @@ def test_flows_started_under_heartbeats_beat_at_the_params_cadence(monkeypatch):
     assert HEARTBEAT_ENV not in os.environ and get_current_settings().flows.heartbeat_frequency != 45
 
 
-def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project, prefect_harness):
+def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(reproduced_project, prefect_harness):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -78,6 +78,7 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
+    project = reproduced_project  # up to date: the triggered run checks `dvc status` there and ends Skipped
     url = PREFECT_API_URL.value()
     env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     proc = subprocess.Popen(
@@ -114,8 +115,8 @@ def test_nightly_deployment_is_served_triggered_and_kept_after_shutdown(project,
                 client.delete_flow_run(r.id)
 
             run = run_deployment("training-pipeline/nightly", timeout=600)  # picked up by the served process
-            assert run.state.is_completed(), run.state
-            assert (project / "reports" / "registration.json").exists()
+            assert run.state.is_completed() and run.state.name == "Skipped", run.state
+            assert "nothing changed" in run.state.message  # it ran in the project: DVC found it up to date
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
         with get_client(sync_client=True) as client:
@@ -171,7 +172,7 @@ def _wait(what: str, check, timeout_s: float, proc: subprocess.Popen | None = No
     return found
 
 
-def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, tiny_raw, prefect_harness, webhook):
+def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(reproduced_project, prefect_harness, webhook):
     """Runner, flow process and training all SIGKILLed at once (a lost machine): nothing is left to report,
     so only the server-side automation can end the run, once its heartbeats stop, and post the failure
     notice. A run that ended normally is left alone."""
@@ -187,9 +188,11 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
     with get_client(sync_client=True) as client:  # what earlier tests left on the shared server
         forget_nightly(client)
     url, received = webhook
-    sp = {"heartbeat_s": 30, "crashed_after_s": 60, "webhook_url": url}
-    raw = {**tiny_raw, "schedule": {**tiny_raw["schedule"], **sp}}
-    project = make_project(tmp_path / "project", raw)
+    sp = {"heartbeat_s": 30, "crashed_after_s": 60, "webhook_url": url}  # Prefect's shortest heartbeat: 30 s
+    project = reproduced_project  # up to date: the first run ends at once (Skipped), the second trains
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["schedule"].update(sp)  # no stage reads schedule.*: still up to date
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ganpipe", "-C", str(project), "schedule"],
@@ -207,7 +210,7 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
             assert [a.enabled for a in client.read_automations_by_name(NOTIFIER)] == [True]
 
             finished = run_deployment("training-pipeline/nightly", timeout=600)
-            assert finished.state.is_completed(), finished.state
+            assert finished.state.is_completed() and finished.state.name == "Skipped", finished.state
 
             raw["train"]["total_kimg"] = 500.0  # minutes of training: it will be running when the machine dies
             (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -251,5 +254,5 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(tmp_path, ti
             # harness runs no lease repossessor, so free the device for the tests that follow
             from ganpipe.orchestration.pipeline import training_slot_name
 
-            client.delete_global_concurrency_limit_by_name(training_slot_name(tiny_raw["base"]["device"]))
+            client.delete_global_concurrency_limit_by_name(training_slot_name(raw["base"]["device"]))
             forget_nightly(client)

@@ -31,7 +31,13 @@ def registry_lock(tracking_uri: str, model_name: str) -> Iterator[None]:
     path = lock_path(tracking_uri, model_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"waiting for the registry lock of {model_name!r} ({path}): another registration holds it", flush=True
+            )
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
