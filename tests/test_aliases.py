@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -21,7 +18,7 @@ def _evaluate_and_register(p, lay):
     return register(p.registry, p.eval, lay)
 
 
-def test_history_promote_rollback_and_post_promotion_check(trained_project):
+def test_history_promote_rollback_and_post_promotion_check(trained_project, run_cli):
     p, lay = trained_project
     name, alias = p.registry.model_name, p.registry.alias
     client = mlflow_client(lay.root)
@@ -61,19 +58,14 @@ def test_history_promote_rollback_and_post_promotion_check(trained_project):
         assert champion() == "1"
         assert history(client, name)[-1]["via"] == "post-promotion check"
 
-        proc = subprocess.run(
-            [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "promote", "--version", "3", "--reason", "again"],
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 2 and "post-promotion check" in proc.stderr and "Traceback" not in proc.stderr
+        code, _, err = run_cli("-C", lay.root, "promote", "--version", "3", "--reason", "again")
+        assert code == 2 and "post-promotion check" in err and "Traceback" not in err
         assert champion() == "1"
     finally:
         lay.checkpoint_path.write_bytes(original)
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "history"], capture_output=True, text=True, check=True
-    ).stdout
+    code, shown, err = run_cli("-C", lay.root, "history")
+    assert code == 0, err
     assert "v1 -> v2" in shown and "via rollback: v2 misbehaved" in shown and "v3  rejected" in shown
     assert "aliases=champion" in shown and "aliases=challenger" in shown
     # rollback skips the revert of the failed promotion and goes to the champion before v1's return

@@ -313,7 +313,7 @@ def test_outputs_get_ordinary_permissions(tmp_path, tiny):
     assert (tmp_path / "prepared" / "manifest.json").stat().st_mode & 0o777 == 0o644
 
 
-def test_cli_prepare_and_data_show(tmp_path, tiny_raw):
+def test_cli_prepare_and_data_show(tmp_path, tiny_raw, run_cli):
     """`ganpipe prepare` stops a fatal problem with one line and exit 2; `ganpipe data show` summarises
     the manifest and writes a contact sheet with a row of samples per class."""
     import subprocess
@@ -324,10 +324,11 @@ def test_cli_prepare_and_data_show(tmp_path, tiny_raw):
     (tmp_path / "empty").mkdir()
     tiny_raw["data"].update(source="imagefolder", path=str(tmp_path / "empty"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
-    cli = [sys.executable, "-m", "ganpipe", "-C", str(tmp_path)]
-    bad = subprocess.run(cli + ["prepare"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no image files" in bad.stderr
+    code, _, err = run_cli("-C", tmp_path, "prepare")
+    assert code == 2 and err.strip().count("\n") == 0 and "no image files" in err
+    assert not (tmp_path / "data" / "prepared").exists()  # nothing half-written
 
+    cli = [sys.executable, "-m", "ganpipe", "-C", str(tmp_path)]
     make_folder(tmp_path / "raw")
     tiny_raw["data"].update(path=str(tmp_path / "raw"), labels="folders", min_images=4)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))

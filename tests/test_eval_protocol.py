@@ -85,13 +85,13 @@ def test_the_guard_names_what_differs():
     check_comparable(a, dict(a))
 
 
-def test_cli_scores_any_model_and_compare_refuses_other_protocols(trained_project, tmp_path):
+def test_cli_scores_any_model_and_compare_refuses_other_protocols(trained_project, tmp_path, run_cli):
     p, lay = trained_project
     base = [sys.executable, "-m", "ganpipe", "-C", str(lay.root)]
 
-    def ganpipe(*args, check=True):
+    def ganpipe(*args):
         proc = subprocess.run(base + list(args), capture_output=True, text=True)
-        assert not check or proc.returncode == 0, proc.stderr
+        assert proc.returncode == 0, proc.stderr
         return proc
 
     out = ganpipe("evaluate", "--model", str(lay.checkpoint_path), "--out", str(tmp_path / "ckpt.json"))
@@ -101,8 +101,8 @@ def test_cli_scores_any_model_and_compare_refuses_other_protocols(trained_projec
     assert "kid" in table and "tie" in table
     other = dict(twin, fingerprint="ffffffffffffffff", protocol={**twin["protocol"], "num_fake": 7})
     (tmp_path / "other.json").write_text(json.dumps(other))
-    refused = ganpipe("compare", str(tmp_path / "ckpt.json"), str(tmp_path / "other.json"), check=False)
-    assert refused.returncode == 2 and "refusing to compare" in refused.stderr and "num_fake" in refused.stderr
+    code, _, err = run_cli("-C", lay.root, "compare", tmp_path / "ckpt.json", tmp_path / "other.json")
+    assert code == 2 and "refusing to compare" in err and "num_fake" in err
 
 
 def test_unknown_metric_in_params_is_a_config_error():

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,7 +54,7 @@ def test_grid_replay_and_truncation(champion, tmp_path):
     assert spread[1] < spread[0]  # truncation trades variety for typicality
 
 
-def test_animations_and_bad_requests(champion, tmp_path):
+def test_animations_and_bad_requests(champion, tmp_path, run_cli):
     p, lay, uri, _ = champion
     gif = animate(uri, [1, 2], 6, tmp_path / "a.gif", root=lay.root)
     with Image.open(gif) as im:
@@ -73,10 +70,8 @@ def test_animations_and_bad_requests(champion, tmp_path):
     with pytest.raises(DataError, match="no ganpipe provenance"):
         Image.new("L", (4, 4)).save(tmp_path / "plain.png")
         replay(tmp_path / "plain.png", tmp_path / "x.png", lay.root)
-    proc = subprocess.run(
-        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--psi", "0"], capture_output=True, text=True
-    )
-    assert proc.returncode == 2 and "--psi" in proc.stderr
+    code, _, err = run_cli("-C", lay.root, "generate", "--psi", "0", "--out", tmp_path / "psi0.png")
+    assert code == 2 and "--psi" in err and not (tmp_path / "psi0.png").exists()
 
 
 def test_class_of_a_conditional_champion_is_recorded_and_replayed(champion, tmp_path):

@@ -182,11 +182,11 @@ def test_champion_loads_without_pickle_and_generates_like_the_checkpoint(trained
     assert np.array_equal(images, expected)  # same weights, seeds, pixels
 
 
-def test_generate_cli_same_seed_same_image(trained_project, tmp_path):
+def test_generate_cli_same_seed_same_image(trained_project, tmp_path, run_cli):
     p, lay = trained_project
     _evaluate(p, lay)
     register(p.registry, p.eval, lay)  # v1, the champion
-    outs = []
+    outs = []  # each from a process of its own: the same image whatever else ran before
     for seed, name in [(0, "a.png"), (0, "b.png"), (1, "c.png")]:
         cmd = [
             sys.executable,
@@ -206,27 +206,10 @@ def test_generate_cli_same_seed_same_image(trained_project, tmp_path):
         assert proc.returncode == 0, proc.stderr
         outs.append((tmp_path / name).read_bytes())
     assert outs[0] == outs[1] and outs[0] != outs[2]
-    bad = subprocess.run(
-        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "generate", "--model", "models:/no-such-model@champion"],
-        capture_output=True,
-        text=True,
+    code, _, err = run_cli(
+        "-C", lay.root, "generate", "--model", "models:/no-such-model@champion", "--out", tmp_path / "none.png"
     )
-    assert bad.returncode == 2 and "no-such-model" in bad.stderr and "Traceback" not in bad.stderr
-    uncond = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ganpipe",
-            "-C",
-            str(lay.root),
-            "generate",
-            "--class",
-            "3",
-            "--out",
-            str(tmp_path / "cls.png"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert uncond.returncode == 2 and "unconditional" in uncond.stderr and not (tmp_path / "cls.png").exists()
-    assert "Warning" not in uncond.stderr  # one clear line, no library noise
+    assert code == 2 and "no-such-model" in err and "Traceback" not in err and not (tmp_path / "none.png").exists()
+    code, _, err = run_cli("-C", lay.root, "generate", "--class", "3", "--out", tmp_path / "cls.png")
+    assert code == 2 and "unconditional" in err and not (tmp_path / "cls.png").exists()
+    assert "Warning" not in err  # one clear line, no library noise

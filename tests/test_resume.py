@@ -109,7 +109,7 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
     assert not work.exists()  # a finished run leaves no resumable state behind
 
 
-def test_resume_with_changed_params_refuses_naming_the_keys_unless_forced(tmp_path):
+def test_resume_with_changed_params_refuses_naming_the_keys_unless_forced(tmp_path, run_cli):
     raw_train = {**RESUME_TRAIN, "total_kimg": 3.2, "snapshot_kimg": 1.6}
     p, lay = _project(tmp_path, train=raw_train)
     # leave a snapshot behind as a crash would: train, then put the work dir back from a copy
@@ -123,9 +123,9 @@ def test_resume_with_changed_params_refuses_naming_the_keys_unless_forced(tmp_pa
     raw["train"]["total_kimg"] = 4.8
     lay.params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    refused = _ganpipe(lay, "train", "--resume")
-    out = refused.communicate(timeout=600)[0]
-    assert refused.returncode == 2
+    code, out, err = run_cli("-C", lay.root, "train", "--resume")
+    out += err  # stdout and stderr together, as a terminal shows them
+    assert code == 2
     assert "resume refused" in out and "train.lr: 0.0002 -> 0.001" in out and "train.total_kimg: 3.2 -> 4.8" in out
     assert len(out.strip().splitlines()) == 1, out  # one clear line, no traceback
 
@@ -158,7 +158,7 @@ def test_a_fresh_training_marks_the_run_an_abandoned_one_left_running_failed(tmp
     assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
 
 
-def test_a_snapshot_from_before_a_params_schema_change_resumes_only_when_forced(tmp_path):
+def test_a_snapshot_from_before_a_params_schema_change_resumes_only_when_forced(tmp_path, run_cli):
     from ganpipe.training.snapshots import Snapshots
 
     p, lay = _project(tmp_path, train={**RESUME_TRAIN, "total_kimg": 1.6, "snapshot_kimg": 1.6})
@@ -168,9 +168,9 @@ def test_a_snapshot_from_before_a_params_schema_change_resumes_only_when_forced(
     del old["params"]["train"]["max_grad_norm"]  # a key added to the schema after this snapshot was taken
     Snapshots(work_dir_of(lay.models_dir), 2).save(old)
 
-    refused = _ganpipe(lay, "train", "--resume")
-    out = refused.communicate(timeout=600)[0]
-    assert refused.returncode == 2 and len(out.strip().splitlines()) == 1, out
+    code, out, err = run_cli("-C", lay.root, "train", "--resume")
+    out += err
+    assert code == 2 and len(out.strip().splitlines()) == 1, out
     assert f"train.max_grad_norm: None -> {p.train.max_grad_norm!r}" in out
     forced = _ganpipe(lay, "train", "--resume", "--force")
     out = forced.communicate(timeout=600)[0]
