@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ganpipe.core.params import parse_params
 from ganpipe.nets.models import generator_config
@@ -28,10 +29,13 @@ def _engine(arch: str, loss: str, num_classes: int = 0, **train) -> Engine:
     return Engine(config, arch, p.model.d_channels, p.train, torch.device("cpu"), augment=True)
 
 
+PENALTIES = {"hinge": {"r1_gamma": 1.0}, "relativistic": {"r1_gamma": 0.5, "r2_gamma": 0.5}}  # R3GAN: R1 + R2
+
+
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])
-@pytest.mark.parametrize("loss", ["nonsaturating", "wgan-gp", "hinge", "lsgan"])
+@pytest.mark.parametrize("loss", ["nonsaturating", "wgan-gp", "hinge", "lsgan", "relativistic"])
 def test_each_architecture_and_loss_trains_with_finite_losses(arch, loss):
-    e = _engine(arch, loss, r1_gamma=1.0 if loss == "hinge" else 0.0)
+    e = _engine(arch, loss, **PENALTIES.get(loss, {}))
     before = {k: v.clone() for k, v in e.G.state_dict().items()}
     d_before = {k: v.clone() for k, v in e.D.state_dict().items()}
     for step in range(3):
@@ -77,10 +81,147 @@ def test_losses_reward_the_discriminator_for_telling_real_from_fake():
             losses.d_loss(kind, full(unsure), full(unsure)),
         )
         assert confident < confused < losses.d_loss(kind, full(wrong[0]), full(wrong[1])), kind
-        # G gains when D takes its fakes for real
-        assert losses.g_loss(kind, full(right[0])) < losses.g_loss(kind, full(right[1])), kind
-    with pytest.raises(ValueError, match="allowed: nonsaturating, wgan-gp, hinge, lsgan"):
+        # G gains when D takes its fakes for real (the relativistic loss: for more real than the reals)
+        real = full(unsure)
+        assert losses.g_loss(kind, full(right[0]), real) < losses.g_loss(kind, full(right[1]), real), kind
+    with pytest.raises(ValueError, match="allowed: nonsaturating, wgan-gp, hinge, lsgan, relativistic"):
         losses.d_loss("wasserstein", torch.zeros(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="needs D's logits on real images"):
+        losses.g_loss("relativistic", torch.zeros(2))
+
+
+def test_relativistic_losses_follow_the_formula_pair_by_pair():
+    real, fake = [2.0, -1.0, 0.5, 3.0], [0.0, 1.5, 0.5, -2.0]
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    want_d = sum(softplus(-(r - f)) for r, f in zip(real, fake)) / 4
+    want_g = sum(softplus(-(f - r)) for r, f in zip(real, fake)) / 4
+    r, f = torch.tensor(real, dtype=torch.float64), torch.tensor(fake, dtype=torch.float64)
+    assert losses.d_loss("relativistic", r, f).item() == pytest.approx(want_d, rel=1e-12)
+    assert losses.g_loss("relativistic", f, r).item() == pytest.approx(want_g, rel=1e-12)
+    # pairs, not batch means: re-pairing the same logits changes both losses
+    assert losses.d_loss("relativistic", r, f.flip(0)).item() != pytest.approx(want_d, rel=1e-6)
+    assert losses.g_loss("relativistic", f.flip(0), r).item() != pytest.approx(want_g, rel=1e-6)
+
+
+def test_relativistic_discriminator_has_no_batch_norm():
+    assert discriminator_norm("dcgan", "relativistic") == "layer"
+    assert discriminator_norm("dcgan", "nonsaturating") == "batch"
+    e = _engine("dcgan", "relativistic")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in e.D.modules())
+
+
+class _LinearD(torch.nn.Module):
+    """D(x) = w . x + b: grad_x D = w for every sample, so R1 = R2 = ||w||^2 / 2."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.lin = torch.nn.Linear(n, 1)
+
+    def forward(self, x, c=None):
+        return self.lin(x.flatten(1)).squeeze(1)
+
+
+def _with_linear_d(e: Engine, n: int) -> _LinearD:
+    D = _LinearD(n)
+    e.D = e.D_run = e.D_penalty = e.D_plain = D
+    e.augment = False
+    return D
+
+
+def _d_gradients(e: Engine, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """D's gradients of one d_update (the optimizer step is skipped)."""
+    grads: dict[str, torch.Tensor] = {}
+
+    def backward_only(loss, module, opt, scaler):
+        loss.backward()
+        grads.update({k: p.grad.clone() for k, p in module.named_parameters()})
+
+    e._optimise = backward_only
+    e.d_update(real, None, fake)
+    return grads
+
+
+def test_r2_penalty_is_half_the_squared_input_gradient_on_fakes():
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    x = torch.randn(6, 1, 2, 2, requires_grad=True)
+    logits = x.flatten(1) @ w + 0.3
+    assert losses.r2_penalty(logits, x).item() == pytest.approx(0.5 * w.square().sum().item())
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "relativistic"])
+def test_r2_adds_gamma_w_to_a_linear_d_gradient_only_when_on(loss):
+    torch.manual_seed(0)
+    real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    grads = {}
+    for gamma in (0.0, 0.7):
+        e = _engine("dcgan", loss, r2_gamma=gamma)
+        torch.manual_seed(1)
+        D = _with_linear_d(e, 3 * 4 * 4)
+        grads[gamma] = _d_gradients(e, real, fake)
+    # r2_gamma = 0: exactly the adversarial loss's gradient
+    D.zero_grad()
+    losses.d_loss(loss, D(real), D(fake)).backward()
+    assert torch.equal(grads[0.0]["lin.weight"], D.lin.weight.grad)
+    assert torch.equal(grads[0.0]["lin.bias"], D.lin.bias.grad)
+    # r2_gamma = 0.7: d/dw (0.7 * ||w||^2 / 2) = 0.7 w on top; the bias does not enter grad_x D
+    torch.testing.assert_close(grads[0.7]["lin.weight"] - grads[0.0]["lin.weight"], 0.7 * D.lin.weight.detach())
+    torch.testing.assert_close(grads[0.7]["lin.bias"], grads[0.0]["lin.bias"])
+
+
+def test_r2_is_taken_on_the_fakes():
+    """D(x) = sum_j w_j x_j^2 / 2 has grad_x D = w * x, so R2 (w = 1) adds E[fake_j^2] to dL/dw_j: the
+    fakes' values, not the reals'."""
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(8))
+
+        def forward(self, x, c=None):
+            return (x.flatten(1).square() * self.w).sum(1) / 2
+
+    torch.manual_seed(0)
+    real, fake = torch.randn(4, 2, 2, 2), 3 * torch.randn(4, 2, 2, 2)
+    e = _engine("dcgan", "wgan-gp", r2_gamma=0.5, gp_lambda=0.0)  # d_loss = E D(fake) - E D(real)
+    e.D = e.D_run = e.D_penalty = e.D_plain = Quadratic()
+    e.augment = False
+    r2, f2 = real.flatten(1).square().mean(0), fake.flatten(1).square().mean(0)
+    torch.testing.assert_close(_d_gradients(e, real, fake)["w"], f2 / 2 - r2 / 2 + 0.5 * f2)
+
+
+def test_relativistic_generator_loss_pairs_fakes_with_the_real_batch():
+    n = 3 * 32 * 32
+    torch.manual_seed(0)
+    z = torch.randn(6, 16)
+    real_a, real_b = torch.rand(6, 3, 32, 32) * 2 - 1, torch.rand(6, 3, 32, 32) * 2 - 1
+    out, want = {}, {}
+    for loss in ("relativistic", "nonsaturating"):
+        for name, real in (("a", real_a), ("b", real_b)):
+            e = _engine("dcgan", loss)
+            torch.manual_seed(1)
+            D = _with_linear_d(e, n)
+            fake = e.G(z)
+            with torch.no_grad():
+                want[name] = F.softplus(D(real) - D(fake)).mean().item()
+            out[loss, name] = e.g_update(fake, None, real).item()
+    for name in ("a", "b"):
+        assert out["relativistic", name] == pytest.approx(want[name], rel=1e-6)
+    assert out["relativistic", "a"] != pytest.approx(out["relativistic", "b"], rel=1e-4)
+    assert out["nonsaturating", "a"] == out["nonsaturating", "b"]  # the other losses ignore the reals
+
+
+def test_relativistic_training_steps_move_both_networks_with_finite_losses():
+    e = _engine("dcgan", "relativistic", r1_gamma=0.5, r2_gamma=0.5)
+    g0, d0 = [p.clone() for p in e.G.parameters()], [p.clone() for p in e.D.parameters()]
+    torch.manual_seed(2)
+    for step in range(4):
+        out = e.step([(torch.rand(8, 3, 32, 32) * 2 - 1, None)])
+        e.update_ema((step + 1) * 8, 8)
+        assert torch.isfinite(out).all(), out
+        assert out[1] > 0 and out[0] > 0  # softplus plus non-negative penalties
+    assert not e.bad.item()
+    assert all(not torch.equal(a, b) for a, b in zip(g0, e.G.parameters()) if a.ndim == 4)
+    assert all(not torch.equal(a, b) for a, b in zip(d0, e.D.parameters()) if a.ndim == 4)
 
 
 def test_resnet_covers_32_to_256_pixels_and_refuses_others():

@@ -33,8 +33,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def discriminator_norm(arch: str, loss: str) -> str:
-    """A gradient penalty needs D's output for each sample to depend on that sample alone."""
-    return "layer" if arch == "dcgan" and loss == "wgan-gp" else "batch"
+    """A gradient penalty needs D's output for each sample to depend on that sample alone; so does the
+    relativistic loss, which pairs each real logit with one fake logit."""
+    return "layer" if arch == "dcgan" and loss in ("wgan-gp", "relativistic") else "batch"
 
 
 class Engine:
@@ -118,11 +119,15 @@ class Engine:
     def d_update(self, real: torch.Tensor, c: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
         tp = self.tp
         self.D.requires_grad_(True)
-        penalise_r1 = tp.r1_gamma > 0
+        penalise_r1, penalise_r2 = tp.r1_gamma > 0, tp.r2_gamma > 0
         if penalise_r1:
             real = real.detach().requires_grad_(True)
-        with self._autocast():
-            fake_logits = self.D_run(self._aug(fake.detach()), c)
+        if penalise_r2:  # fp32 and twice differentiable, as R1 below; the gradient stops at G's output
+            fake = fake.detach().requires_grad_(True)
+            fake_logits = self.D_penalty(self._aug(fake), c)
+        else:
+            with self._autocast():
+                fake_logits = self.D_run(self._aug(fake.detach()), c)
         if penalise_r1:  # in fp32 through a D that can be differentiated twice (no underflow, no compile)
             real_logits = self.D_penalty(self._aug(real), c)
         else:
@@ -135,27 +140,36 @@ class Engine:
             )
         if penalise_r1:
             loss = loss + tp.r1_gamma * losses.r1_penalty(real_logits, real)
+        if penalise_r2:
+            loss = loss + tp.r2_gamma * losses.r2_penalty(fake_logits, fake)
         self._optimise(loss, self.D, self.opt_D, self.scaler_D)
         return loss.detach()
 
-    def g_update(self, fake: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    def g_update(self, fake: torch.Tensor, c: torch.Tensor | None, real: torch.Tensor) -> torch.Tensor:
+        """`real`: the last D update's real batch, which the relativistic loss pairs with the fakes."""
         self.D.requires_grad_(False)  # the G step needs gradients through D, not of D
         with self._autocast():
-            loss = losses.g_loss(self.tp.loss, self.D_plain(self._aug(fake), c).float())
+            fake_logits = self.D_plain(self._aug(fake), c).float()
+            real_logits = None
+            if self.tp.loss == "relativistic":  # a constant to G: no graph kept
+                with torch.no_grad():
+                    real_logits = self.D_plain(self._aug(real), c).float()
+            loss = losses.g_loss(self.tp.loss, fake_logits, real_logits)
         self._optimise(loss, self.G, self.opt_G, self.scaler_G)
         return loss.detach()
 
     def step(self, batches: list[Batch]) -> torch.Tensor:
         """One iteration: a D update per real batch (len = d_steps), then one G update. The fakes of the
         last D update carry the graph the G update backpropagates through (one G forward, as in the
-        classic DCGAN loop). Returns [loss_G, loss_D] on the device."""
+        classic DCGAN loop), and its reals are the relativistic G loss's pairs. Returns [loss_G, loss_D]
+        on the device."""
         for i, (real, c) in enumerate(batches):
             last = i == len(batches) - 1
             z = self._z(len(real))
             with self._autocast(), contextlib.nullcontext() if last else torch.no_grad():
                 fake = self.G_run(z, c)
             loss_D = self.d_update(real, c, fake)
-        loss_G = self.g_update(fake, c)
+        loss_G = self.g_update(fake, c, real)
         losses_ = torch.stack([loss_G, loss_D])
         self.bad |= ~torch.isfinite(losses_).all()
         return losses_
