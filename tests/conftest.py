@@ -27,6 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 # test processes (`pytest -n`) never share one SQLite database.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ganpipe-test-prefect-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
+# One intra-op thread per test process and per process it starts (set before anything imports torch):
+# the tests' networks are tiny (as fast on one thread), and several processes each spinning up a thread per
+# core on 2 cores slow each other down several-fold.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 # Small enough for seconds on 2 CPU cores; same structure as the shipped params.yaml.
 TINY_OVERRIDES = {

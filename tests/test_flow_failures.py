@@ -40,11 +40,15 @@ def _run_and_kill_training_once(tmp_path, train_retries: int):
     from ganpipe.orchestration.pipeline import training_pipeline
 
     raw = tiny_params_dict(
-        train={"total_kimg": 32.0, "snapshot_kimg": 6.4, "collapse_after_kimg": 1000.0},
+        train={
+            "total_kimg": 9.6,
+            "snapshot_kimg": 1.6,
+            "collapse_after_kimg": 1000.0,
+        },  # seconds after the first snapshot
         schedule={"train_retries": train_retries},
     )
     project = make_project(tmp_path / "project", raw).resolve()
-    first = project / "models.partial" / "snapshot-000000006400.pt"
+    first = project / "models.partial" / "snapshot-000000001600.pt"
     killed: dict = {}
 
     def kill_training_once_it_has_a_snapshot() -> None:
@@ -78,7 +82,7 @@ def test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run(tm
     assert result["promoted"] and result["version"] == "1"
 
     info = json.loads((project / "models" / "run.json").read_text())
-    assert info["resumed_from_kimg"] and info["resumed_from_kimg"] >= 6.4 and info["kimg"] >= 32
+    assert info["resumed_from_kimg"] and info["resumed_from_kimg"] >= 1.6 and info["kimg"] >= 9.6
     assert info["mlflow_run_id"] == killed["run_id"]  # the retry continued the killed attempt's run
     run = mlflow_client(project).get_run(killed["run_id"])
     assert run.info.status == "FINISHED"

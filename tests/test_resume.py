@@ -30,7 +30,8 @@ from tests.conftest import mlflow_client, tiny_params_dict
 pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `make test`, not `make test-fast`
 
 
-RESUME_TRAIN = {"total_kimg": 32.0, "snapshot_kimg": 6.4, "keep_snapshots": 2, "collapse_after_kimg": 1000.0}
+RESUME_TRAIN = {"total_kimg": 9.6, "snapshot_kimg": 1.6, "keep_snapshots": 2, "collapse_after_kimg": 1000.0}
+TOTAL_IMG = 9600  # seconds of training after the first snapshot (at 1600): a SIGKILL then lands mid-run
 
 
 def _project(root, **overrides):
@@ -68,7 +69,7 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
 
     _, lay = _project(tmp_path / "killed", train=RESUME_TRAIN)
     work = work_dir_of(lay.models_dir)
-    first = work / "snapshot-000000006400.pt"
+    first = work / "snapshot-000000001600.pt"
     proc = _ganpipe(lay, "train")
     deadline = time.monotonic() + 300
     while not first.exists():
@@ -78,7 +79,7 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL and not lay.models_dir.exists()  # killed mid-run
     killed_at = load_checkpoint(sorted(work.glob("snapshot-*.pt"))[-1])
-    assert 0 < killed_at["nimg"] < 32000
+    assert 0 < killed_at["nimg"] < TOTAL_IMG
     run_id = killed_at["mlflow_run_id"]
     assert mlflow_client(lay.root).get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves
 
@@ -88,7 +89,7 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
     assert f"resumed at {killed_at['nimg'] / 1000:g} kimg" in out
 
     a, b = load_checkpoint(straight.models_dir / "last.pt"), load_checkpoint(lay.models_dir / "last.pt")
-    assert a["nimg"] == b["nimg"] == 32000
+    assert a["nimg"] == b["nimg"] == TOTAL_IMG
     for net in ("G", "D", "G_ema"):
         assert a[net].keys() == b[net].keys()
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
