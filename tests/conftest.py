@@ -61,6 +61,12 @@ TINY_OVERRIDES = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (in file order among themselves): with `pytest -n`, a minute-long test handed
+    out last would run on alone while the other processes sit idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def shipped_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -256,12 +262,37 @@ def trained_project(_trained_once, tmp_path_factory):
     return p, copy_project(lay.root, tmp_path_factory.mktemp("trained-copy") / "project")
 
 
+def once_per_session(tmp_path_factory, name: str, build):
+    """`build(directory)`'s JSON result, built once per test session even across test processes
+    (`pytest -n`): the first process to get here builds it under a file lock, the others wait and reuse
+    it. Per-process session fixtures would each build their own."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's directory, above each process's own
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            result = build(shared / name)
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result))
+            tmp.replace(done)
+    return json.loads(done.read_text())
+
+
+def _reproduce(directory: Path) -> list[str]:
+    root = make_project(directory / "project", tiny_params_dict())
+    return [str(root), run([sys.executable, "-m", "dvc", "repro"], root).stdout]
+
+
 @pytest.fixture(scope="session")
 def _reproduced_once(tmp_path_factory):
-    """A tiny project after `dvc repro` (git + DVC, every stage in dvc.lock, v1 the champion); returns
-    (root, the output of that `dvc repro`). Tests use copies (`reproduced_project`), never this one."""
-    root = make_project(tmp_path_factory.mktemp("reproduced") / "project", tiny_params_dict())
-    return root, run([sys.executable, "-m", "dvc", "repro"], root).stdout
+    """A tiny project after `dvc repro` (git + DVC, every stage in dvc.lock, v1 the champion), built
+    once for all test processes; returns (root, the output of that `dvc repro`). Tests use copies
+    (`reproduced_project`), never this one."""
+    root, stdout = once_per_session(tmp_path_factory, "reproduced", _reproduce)
+    return Path(root), stdout
 
 
 @pytest.fixture
