@@ -56,7 +56,7 @@ def main() -> None:
     from ganpipe.data.prepare import load_split, prepare
     from ganpipe.evaluation.evaluate import score_generator
     from ganpipe.evaluation.features import build_extractor
-    from ganpipe.evaluation.kid import kernel_inception_distance, paired_bootstrap_kid
+    from ganpipe.evaluation.kid import bootstrap_kid, kernel_inception_distance, paired_bootstrap_kid
     from ganpipe.evaluation.refstats import compute_ref_stats
     from ganpipe.nets.models import sample
     from ganpipe.training import loop, probes
@@ -115,12 +115,23 @@ def main() -> None:
                 best = nimg
         return best
 
+    def later_within_noise(last: int, n: int) -> int:
+        # the stage's rule (probes.later_wins): the later one wins unless its KID exceeds the lowest so far
+        # by more than its own bootstrap std
+        best, lowest = order[-last], quick_kid(order[-last], n)
+        for nimg in order[-last + 1 :]:
+            std = bootstrap_kid(real[:n], fakes[nimg][:n], probes.KID_STD_REPLICATES, np.random.default_rng(0)).std()
+            if probes.later_wins(quick_kid(nimg, n), std, lowest):
+                best = nimg
+            lowest = min(lowest, quick_kid(nimg, n))
+        return best
+
     strategies = {"old: 128 images, every snapshot, lowest": (lowest(len(order), 128), len(order) * 128)}
-    for last in (1, 2, 3):
-        for n in (64, 128):
-            if last > 1:
-                strategies[f"{n} images, last {last}, lowest"] = (lowest(last, n), last * n)
-                strategies[f"{n} images, last {last}, later unless worse"] = (later_unless_worse(last, n), last * n)
+    for last in (2, 3, 4, 5):
+        for n in (32, 64, 128):
+            strategies[f"{n} images, last {last}, lowest"] = (lowest(last, n), last * n)
+            strategies[f"{n} images, last {last}, later unless worse"] = (later_unless_worse(last, n), last * n)
+            strategies[f"{n} images, last {last}, later within 1 std"] = (later_within_noise(last, n), last * n)
     strategies["last snapshot, no probe"] = (order[-1], 0)
 
     truth: dict[int, dict] = {}

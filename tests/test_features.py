@@ -85,3 +85,16 @@ def test_converted_fid_helper_weights_match_the_torchscript(tmp_path, monkeypatc
         theirs = ts((x.float() - 128) / 128).reshape(ours.shape)
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
     assert ours.abs().mean() > 0.05
+
+
+def test_the_weights_url_is_torch_fidelitys_and_the_network_is_imported_only_when_built():
+    import subprocess
+    import sys
+
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+
+    assert inception.URL_INCEPTION_V3 == URL_INCEPTION_V3  # kept here as a copy (see inception.py)
+    assert issubclass(inception.network_class(), FeatureExtractorInceptionV3)
+    # a stage process that imports the feature code does not pay for torch-fidelity (torchvision, dynamo)
+    code = "import sys, ganpipe.evaluation.features, ganpipe.training.loop; print('torch_fidelity' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -92,7 +92,9 @@ class TrainParams(_Section):
     compile: bool = Field(description="torch.compile G and D (CUDA)")
     log_every_steps: int = Field(ge=1)
     grid_size: int = Field(ge=1, le=256)
-    snapshot_kid_images: int = Field(ge=16, le=50000, description="quick KID and diversity sample per snapshot")
+    snapshot_kid_images: int = Field(
+        ge=16, le=50000, description="fakes (and reals) of the quick KID at candidate snapshots"
+    )
     snapshot_extractor: Literal["inception", "tiny"]
     snapshot_kid_last: int = Field(
         2, ge=0, description="quick KID at the last N snapshots, the candidates for best; 0 = at every snapshot"

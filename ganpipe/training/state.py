@@ -25,7 +25,7 @@ value means breaks old checkpoints: that needs a new `FORMAT_VERSION`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import torch
 
@@ -53,6 +53,7 @@ class Best(TypedDict):
 
     kimg: float
     quick_kid: float
+    lowest_quick_kid: NotRequired[float]  # the lowest among the candidates so far (absent before 2026-12-02)
 
 
 @dataclass(kw_only=True)

@@ -18,7 +18,6 @@ from tqdm import tqdm
 from ganpipe.core import tracking
 from ganpipe.core.errors import TrainingError
 from ganpipe.core.images import grid, save_png
-from ganpipe.core.metric_keys import is_better
 from ganpipe.core.params import TrainParams
 from ganpipe.nets.checkpoint import load_checkpoint
 from ganpipe.nets.models import sample
@@ -26,7 +25,7 @@ from ganpipe.training.batches import Batches
 from ganpipe.training.distributed import World
 from ganpipe.training.engine import Engine
 from ganpipe.training.outputs import log_text
-from ganpipe.training.probes import Probe, is_candidate
+from ganpipe.training.probes import Probe, is_candidate, later_wins
 from ganpipe.training.snapshots import Snapshots
 from ganpipe.training.state import EngineState, RunRecord, TrainState, checkpoint, restore
 
@@ -138,7 +137,7 @@ class Trainer:
 
     def snapshot(self) -> None:
         """Rank 0: log the pending losses, measure, log and save the grid, write a snapshot (and mark it
-        best when its quick KID is), append a line to the log."""
+        best when it is a candidate and `later_wins`), append a line to the log."""
         st, tp, G_ema = self.state, self.tp, self.engine.G_ema
         losses = self._log_pending_losses()
         total_img, snapshot_img = int(round(tp.total_kimg * 1000)), int(round(tp.snapshot_kimg * 1000))
@@ -148,9 +147,11 @@ class Trainer:
         img = grid(sample(G_ema, self.grid_seeds).numpy())
         mlflow.log_image(np.asarray(img), key="samples", step=st.nimg)
         save_png(img, self.snaps.path / "latest.png")
-        best = candidate and (st.best is None or is_better("kid", m["quick_kid"], st.best["quick_kid"]))
+        lowest = None if st.best is None else st.best.get("lowest_quick_kid", st.best["quick_kid"])
+        best = candidate and later_wins(m["quick_kid"], m["quick_kid_std"], lowest)
         if best:
-            st.best = {"kimg": st.nimg / 1000, "quick_kid": m["quick_kid"]}
+            lowest = m["quick_kid"] if lowest is None else min(lowest, m["quick_kid"])
+            st.best = {"kimg": st.nimg / 1000, "quick_kid": m["quick_kid"], "lowest_quick_kid": lowest}
         low = m["diversity"] < tp.collapse_threshold and st.nimg >= tp.collapse_after_kimg * 1000
         st.collapse_streak = st.collapse_streak + 1 if low else 0
         line = {
