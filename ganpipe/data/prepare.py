@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
-import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -71,28 +70,15 @@ def _tasks(listing: Listing, p: DataParams) -> Iterator[tuple]:
         yield batch, p.resolution, p.channels, p.crop
 
 
-def start_method() -> str:
-    """fork where there is one and this process runs a single thread (a stage process: as torch's
-    DataLoader does, and spawn would re-run a user's __main__ script), else spawn. A fork copies only the
-    calling thread: a lock that another thread holds at that moment (an allocator's, OpenMP's, a logging
-    thread's) stays locked in the child for ever, so `prepare` called in a process that has trained
-    (a notebook, a benchmark) hung in its first pool worker."""
-    if "fork" not in mp.get_all_start_methods():
-        return "spawn"
-    try:
-        single = len(os.listdir("/proc/self/task")) == 1
-    except OSError:  # no procfs: count what Python knows of
-        single = threading.active_count() == 1
-    return "fork" if single else "spawn"
-
-
 def _ordered_map(tasks: Iterable, workers: int) -> Iterator[list]:
     """convert() over tasks in order, with at most 4 tasks per worker in flight: memory stays bounded
     however large the dataset (Pool.imap would read the whole input ahead)."""
     if workers <= 1:
         yield from map(convert, tasks)
         return
-    with mp.get_context(start_method()).Pool(workers) as pool:
+    # fork where there is one (as torch's DataLoader does): spawn would re-run a user's __main__ script.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(workers) as pool:
         pending: deque = deque()
         for task in tasks:
             pending.append(pool.apply_async(convert, (task,)))
