@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.sessions import once_per_session
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Prefect's own home (its temporary server's database, profiles) for this test process alone, set before
@@ -260,25 +262,6 @@ def trained_project(_trained_once, tmp_path_factory):
     and no other test sees it. (params, layout), like `build_trained`."""
     p, lay = _trained_once
     return p, copy_project(lay.root, tmp_path_factory.mktemp("trained-copy") / "project")
-
-
-def once_per_session(tmp_path_factory, name: str, build):
-    """`build(directory)`'s JSON result, built once per test session even across test processes
-    (`pytest -n`): the first process to get here builds it under a file lock, the others wait and reuse
-    it. Per-process session fixtures would each build their own."""
-    from filelock import FileLock
-
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the run's directory, above each process's own
-    done = shared / f"{name}.json"
-    with FileLock(str(shared / f"{name}.lock")):
-        if not done.exists():
-            result = build(shared / name)
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            tmp.replace(done)
-    return json.loads(done.read_text())
 
 
 def _reproduce(directory: Path) -> list[str]:
