@@ -40,11 +40,8 @@ def _run_and_kill_training_once(tmp_path, train_retries: int):
     from ganpipe.orchestration.pipeline import training_pipeline
 
     raw = tiny_params_dict(
-        train={
-            "total_kimg": 9.6,
-            "snapshot_kimg": 1.6,
-            "collapse_after_kimg": 1000.0,
-        },  # seconds after the first snapshot
+        # seconds of training after the first snapshot: the kill lands mid-run
+        train={"total_kimg": 9.6, "snapshot_kimg": 1.6, "collapse_after_kimg": 1000.0},
         schedule={"train_retries": train_retries},
     )
     project = make_project(tmp_path / "project", raw).resolve()

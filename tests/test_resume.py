@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow  # whole pipelines, servers or killed processes: `
 
 
 RESUME_TRAIN = {"total_kimg": 9.6, "snapshot_kimg": 1.6, "keep_snapshots": 2, "collapse_after_kimg": 1000.0}
-TOTAL_IMG = 9600  # seconds of training after the first snapshot (at 1600): a SIGKILL then lands mid-run
+TOTAL_IMG = round(RESUME_TRAIN["total_kimg"] * 1000)  # seconds of training remain after the first snapshot
 
 
 def _project(root, **overrides):

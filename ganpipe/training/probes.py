@@ -60,6 +60,14 @@ def is_candidate(nimg: int, total_img: int, snapshot_img: int, last: int) -> boo
     return last == 0 or last >= len(points) or nimg >= points[-last]
 
 
+def quick_kid(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
+    """The unbiased KID of the probe sets and its std over KID_STD_REPLICATES bootstrap resamples of the
+    fakes (a fixed RNG: measuring never draws from the training's)."""
+    n = min(len(fake), len(real))
+    kid, _ = kernel_inception_distance(real, fake, subset_size=n, subsets=1)
+    return kid, float(bootstrap_kid(real, fake, KID_STD_REPLICATES, np.random.default_rng(0)).std())
+
+
 def later_wins(quick_kid: float, quick_kid_std: float, lowest: float | None) -> bool:
     """Whether a candidate snapshot (later than every one before it) becomes the best: unless its quick KID
     is above the lowest of the earlier candidates by more than its own bootstrap std."""
@@ -130,8 +138,5 @@ class Probe:
         }
         if kid:
             fake = self.kid.extract(images[: self.kid_num], self.batch_size).astype(np.float64)
-            n = min(len(fake), len(self.kid_real))
-            out["quick_kid"], _ = kernel_inception_distance(self.kid_real, fake, subset_size=n, subsets=1)
-            reps = bootstrap_kid(self.kid_real, fake, KID_STD_REPLICATES, np.random.default_rng(0))
-            out["quick_kid_std"] = float(reps.std())
+            out["quick_kid"], out["quick_kid_std"] = quick_kid(self.kid_real, fake)
         return out
