@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ganpipe.commands import (
+    cmd_cache,
     cmd_compare,
     cmd_data_show,
     cmd_evaluate,
@@ -69,9 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(also when $GANPIPE_TRAIN_RESUME=1)",
     )
     t.add_argument("--force", action="store_true", help="with --resume: resume even though params changed")
+    t.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over even where a training that died left a snapshot it could resume from "
+        "(also when $GANPIPE_TRAIN_FRESH=1; `ganpipe run --force` sets it)",
+    )
     t.set_defaults(fn=cmd_train)
     r = sub.add_parser("run", help="run the whole pipeline through the Prefect flow (skips when nothing changed)")
-    r.add_argument("--force", action="store_true", help="train, evaluate and register even if nothing changed")
+    r.add_argument(
+        "--force", action="store_true", help="train (from scratch), evaluate and register even if nothing changed"
+    )
     r.set_defaults(fn=cmd_run)
     sub.add_parser(
         "sweep", help="train the candidates of sweep: (dvc exp run each), register the best through the gate"
@@ -84,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--per-class", type=int, default=8, help="samples per class (a row each)")
     show.add_argument("--seed", type=int, default=0)
     show.set_defaults(fn=cmd_data_show)
+    ca = sub.add_parser("cache", help="what the ganpipe cache holds (by kind, size, age); `cache prune` trims it")
+    ca.set_defaults(fn=cmd_cache)
+    cs = ca.add_subparsers(dest="cache_command", metavar="ACTION")
+    cs.add_parser("show", help="files, size and age per kind (the default)")
+    cp = cs.add_parser(
+        "prune",
+        help="delete least recently used cache entries; never the current data's reference statistics, "
+        "the DVC remote, downloads or weights",
+    )
+    cp.add_argument("--keep-last", type=int, default=None, metavar="N", help="keep the N most recently used per kind")
+    cp.add_argument(
+        "--max-size", default=None, metavar="SIZE", help="delete until the entries total at most SIZE (500M, 2G)"
+    )
+    cp.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     e = sub.add_parser("evaluate", help="score the EMA generator (or --model) under the current protocol")
     e.add_argument(
         "--model",

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from ganpipe.core.redact import redact
@@ -32,6 +33,21 @@ def cmd_data_show(args) -> None:
     print(f"contact sheet: {contact_sheet(args.layout.prepared_dir, args.out, args.per_class, args.seed)}")
 
 
+def cmd_cache(args) -> None:
+    from ganpipe.core import housekeeping as hk
+    from ganpipe.core.cache import cache_dir
+
+    root = cache_dir()
+    max_size = hk.parse_size(args.max_size) if getattr(args, "max_size", None) is not None else None
+    items = hk.inventory(root)
+    protected, why = hk.protected_names(args.layout.ref_stats_path, items)
+    if args.cache_command != "prune":
+        print(f"{root}\n" + "\n".join(hk.table(items, protected)) + f"\n{why}")
+        return
+    doomed = hk.plan_prune(items, protected, args.keep_last, max_size)
+    print("\n".join(hk.prune(items, doomed, root, args.dry_run)) + f"\n{why}")
+
+
 def cmd_ref_stats(args) -> None:
     from ganpipe.core.device import resolve_device
     from ganpipe.evaluation.features import build_extractor
@@ -53,9 +69,16 @@ def cmd_ref_stats(args) -> None:
 
 def cmd_train(args) -> None:
     from ganpipe.training.loop import train
-    from ganpipe.training.snapshots import RESUME_ENV
+    from ganpipe.training.snapshots import FRESH_ENV, RESUME_ENV
 
     resume = args.resume or os.environ.get(RESUME_ENV) == "1"
+    fresh = args.fresh or os.environ.get(FRESH_ENV) == "1"
+    if resume and fresh:
+        from ganpipe.core.errors import ConfigError
+
+        raise ConfigError(
+            "--resume and --fresh contradict each other (check $GANPIPE_TRAIN_RESUME / $GANPIPE_TRAIN_FRESH)"
+        )
     info = train(
         _params(args),
         args.layout.prepared_dir,
@@ -63,6 +86,7 @@ def cmd_train(args) -> None:
         args.layout.root,
         resume=resume,
         force=args.force,
+        fresh=fresh,
     )
     if "mlflow_run_id" not in info:
         return  # a torchrun worker other than rank 0
@@ -184,6 +208,16 @@ def _heartbeats(args):
         return nullcontext()
 
 
+@contextmanager
+def _flow_context(args):
+    """Where a flow started from the command line runs: the Prefect API (PREFECT_API_URL, else a
+    temporary server that outlives the flow's cleanup), SIGTERM handled like Ctrl-C, heartbeats."""
+    from ganpipe.orchestration.tempserver import interrupts_raise, prefect_api
+
+    with prefect_api(), interrupts_raise(), _heartbeats(args):
+        yield
+
+
 def cmd_run(args) -> None:
     import time
 
@@ -191,7 +225,7 @@ def cmd_run(args) -> None:
     from ganpipe.orchestration.report import stage_times
 
     t0 = time.time()
-    with _heartbeats(args):
+    with _flow_context(args):
         r = training_pipeline(project_dir=str(args.layout.root), force=args.force)
     # before the flow's first stage: Prefect's (temporary) server and the flow run's set-up
     seconds = {"prefect start": r["flow_started_at"] - t0, **r["stage_seconds"]}
@@ -211,7 +245,7 @@ def cmd_run(args) -> None:
 def cmd_sweep(args) -> None:
     from ganpipe.orchestration.sweep_flow import sweep
 
-    with _heartbeats(args):
+    with _flow_context(args):
         out = sweep(project_dir=str(args.layout.root))
     w, reg = out["winner"], out["registration"]
     state = "it is the new champion" if reg["promoted"] else f"champion stays v{reg['champion']}"

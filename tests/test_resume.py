@@ -83,9 +83,10 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
     run_id = killed_at["mlflow_run_id"]
     assert mlflow_client(lay.root).get_run(run_id).info.status == "RUNNING"  # what a SIGKILL leaves
 
-    resumed = _ganpipe(lay, "train", "--resume")
+    resumed = _ganpipe(lay, "train")  # plain, as `dvc repro` and the next `ganpipe run` call it
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out
+    assert f"resuming at {killed_at['nimg'] / 1000:g} kimg" in out and "left by a training that died" in out
     assert f"resumed at {killed_at['nimg'] / 1000:g} kimg" in out
 
     a, b = load_checkpoint(straight.models_dir / "last.pt"), load_checkpoint(lay.models_dir / "last.pt")
@@ -152,11 +153,42 @@ def test_a_fresh_training_marks_the_run_an_abandoned_one_left_running_failed(tmp
     Snapshots(work_dir_of(lay.models_dir), 2).save(
         {**{k: v for k, v in ckpt.items() if k != "format_version"}, "mlflow_run_id": dead}
     )
-    info = train(p, lay.prepared_dir, lay.models_dir, lay.root)  # not --resume: starts afresh
+    info = train(p, lay.prepared_dir, lay.models_dir, lay.root, fresh=True)  # --fresh: starts afresh
     run = client.get_run(dead)
     assert run.info.status == "FAILED" and "started afresh" in run.data.tags["ganpipe.failure"]
     assert info["mlflow_run_id"] not in (dead, ckpt["mlflow_run_id"])
     assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ("none", None),
+        ("code", "the ganpipe code changed since"),
+        ("params", "params or data differ (train.lr: 0.0002 -> 0.001)"),
+        ("fresh", None),
+    ],
+)
+def test_a_dead_trainings_snapshot_is_resumed_only_when_params_data_and_code_match(tmp_path, capsys, change, why):
+    from ganpipe.training.snapshots import Snapshots
+
+    p, lay = _project(tmp_path, train={**RESUME_TRAIN, "total_kimg": 1.6, "snapshot_kimg": 1.6})
+    train(p, lay.prepared_dir, lay.models_dir, lay.root)
+    ckpt = {k: v for k, v in load_checkpoint(lay.root / "models" / "last.pt").items() if k != "format_version"}
+    if change == "code":
+        ckpt["code_sha256"] = "0" * 64  # written by another version of ganpipe
+    Snapshots(work_dir_of(lay.models_dir), 2).save({**ckpt, "nimg": 800})  # as a training killed at 0.8 kimg
+    if change == "params":
+        p = parse_params(tiny_params_dict(train={**RESUME_TRAIN, "total_kimg": 1.6, "snapshot_kimg": 1.6, "lr": 0.001}))
+    capsys.readouterr()
+    info = train(p, lay.prepared_dir, lay.models_dir, lay.root, fresh=change == "fresh")
+    out = capsys.readouterr().out
+    if change == "none":
+        assert info["resumed_from_kimg"] == 0.8 and "resuming at 0.8 kimg from snapshot-000000000800.pt" in out
+        return
+    assert info["resumed_from_kimg"] is None and "resuming at" not in out
+    if why:
+        assert f"not resuming snapshot-000000000800.pt, left by a training that died: {why}" in out
 
 
 def test_a_snapshot_from_before_a_params_schema_change_resumes_only_when_forced(tmp_path, run_cli):

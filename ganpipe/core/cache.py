@@ -1,7 +1,8 @@
 """A content-addressed cache of arrays (reference statistics, generated features).
 
 Entries are `.npz` files (no pickle) named by the sha256 of their key, and hold the key itself so a
-hit is verified, not trusted. Location: $GANPIPE_CACHE_DIR, else ~/.cache/ganpipe.
+hit is verified, not trusted. A hit sets the entry's mtime, so that `ganpipe cache prune` sees when an
+entry was last used, not only when it was made. Location: $GANPIPE_CACHE_DIR, else ~/.cache/ganpipe.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ def cache_dir() -> Path:
 
 
 def entry_path(kind: str, key: dict) -> Path:
-    return cache_dir() / kind / f"{json_sha256(key)}.npz"
+    return cache_dir() / kind / entry_name(key)
+
+
+def entry_name(key: dict) -> str:
+    """The file name of `key`'s entry, the same in every kind."""
+    return f"{json_sha256(key)}.npz"
 
 
 def save_arrays(path: str | Path, key: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -38,6 +44,12 @@ def load_arrays(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         return key, {name: z[name] for name in z.files if name != "key"}
 
 
+def load_key(path: str | Path) -> dict:
+    """The key of a file written by `save_arrays`, without reading its arrays (errors as `load_arrays`)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["key"]))
+
+
 def get(kind: str, key: dict) -> dict[str, np.ndarray] | None:
     """The cached arrays for `key`, or None (missing, unreadable or for another key)."""
     path = entry_path(kind, key)
@@ -45,7 +57,13 @@ def get(kind: str, key: dict) -> dict[str, np.ndarray] | None:
         stored, arrays = load_arrays(path)
     except (OSError, ValueError, KeyError):
         return None
-    return arrays if stored == json.loads(json.dumps(key, sort_keys=True)) else None
+    if stored != json.loads(json.dumps(key, sort_keys=True)):
+        return None
+    try:
+        os.utime(path)  # last used: what pruning keeps
+    except OSError:  # a read-only cache still serves hits
+        pass
+    return arrays
 
 
 def put(kind: str, key: dict, arrays: dict[str, np.ndarray]) -> Path:

@@ -27,6 +27,17 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def code_sha256() -> str:
+    """sha256 of the ganpipe package's Python sources (paths and bytes, in path order): the identity of
+    the code that is running, whether installed or in a checkout."""
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(f"{path.relative_to(package).as_posix()}\n".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of named tensors (names, dtypes, shapes, bytes, in name order): the identity of weights,
     independent of the file they came in (torch.save archives differ byte-wise between saves)."""

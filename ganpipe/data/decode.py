@@ -104,8 +104,9 @@ def _load(data: bytes, resolution: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's message quotes 2x the limit in the error band; say the limit the user actually set.
         found = re.search(r"\((\d+) pixels\)", str(e))
-        raise SkipImage(f"decompression bomb ({found[1]} pixels > {limit})" if found
-                        else f"decompression bomb ({e})") from None
+        raise SkipImage(
+            f"decompression bomb ({found[1]} pixels > {limit})" if found else f"decompression bomb ({e})"
+        ) from None
     except _CORRUPT as e:
         raise SkipImage(f"truncated or corrupt image: {e}") from None
 

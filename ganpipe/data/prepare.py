@@ -9,6 +9,9 @@ prepare leaves the previous output intact):
 
 Bad inputs are skipped and listed (`data.on_error: skip`) or stop prepare at the first one (`fail`);
 exact duplicates (same bytes) are dropped, the first in listing order kept, so no image is in both splits.
+
+Archive members are read by the main process and carried to the workers in the tasks, so the bytes read
+ahead are bounded in total (INFLIGHT_BYTES), not per task: 64 members of 255 MiB would otherwise be 16 GiB.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from ganpipe.data.sources import Item, Listing, convert, list_source, payloads
 
 SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
-TASK_ITEMS = 64           # items per worker task: large enough to amortise IPC, small enough to stream
-INLINE_BELOW = 512        # fewer items than this are converted in-process (a pool costs ~1 s to start)
+TASK_ITEMS = 64  # items per worker task: large enough to amortise IPC, small enough to stream
+INLINE_BELOW = 512  # fewer items than this are converted in-process (a pool costs ~1 s to start)
+INFLIGHT_BYTES = 512 * 2**20  # archive bytes handed to the workers and not yet converted, all tasks together
 
 
 def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -55,37 +59,65 @@ def _assign_splits(items: list[Item], p: DataParams) -> tuple[list[str], dict]:
     train, test, stratified = split_indices(np.array([it.label for it in items]), p.test_fraction, p.split_seed)
     out = np.empty(len(items), dtype=object)
     out[train], out[test] = "train", "test"
-    return list(out), {"kind": "seeded", "test_fraction": p.test_fraction, "seed": p.split_seed,
-                       "stratified": stratified}
+    return list(out), {
+        "kind": "seeded",
+        "test_fraction": p.test_fraction,
+        "seed": p.split_seed,
+        "stratified": stratified,
+    }
 
 
-def _tasks(listing: Listing, p: DataParams) -> Iterator[tuple]:
-    batch = []
+def _held(entry: tuple) -> int:
+    """The archive bytes an entry carries (files are read by the workers; array rows and emoji are small)."""
+    _, kind, payload = entry
+    return len(payload[1]) if kind == "bytes" and isinstance(payload[1], bytes) else 0
+
+
+def _nbytes(task: tuple) -> int:
+    return sum(map(_held, task[0]))
+
+
+def _tasks(listing: Listing, p: DataParams, share: int) -> Iterator[tuple]:
+    """Tasks of TASK_ITEMS items, cut early once the archive bytes they carry reach `share`."""
+    batch, size = [], 0
     for entry in payloads(listing):
         batch.append(entry)
-        if len(batch) == TASK_ITEMS:
+        size += _held(entry)
+        del entry  # so this frame holds no member while the next one is read
+        if len(batch) == TASK_ITEMS or size >= share:
             yield batch, p.resolution, p.channels, p.crop
-            batch = []
+            batch, size = [], 0
     if batch:
         yield batch, p.resolution, p.channels, p.crop
 
 
 def _ordered_map(tasks: Iterable, workers: int) -> Iterator[list]:
-    """convert() over tasks in order, with at most 4 tasks per worker in flight: memory stays bounded
-    however large the dataset (Pool.imap would read the whole input ahead)."""
+    """convert() over tasks in order, with at most 4 tasks per worker and INFLIGHT_BYTES of archive bytes
+    in flight (a task larger than that goes alone): memory stays bounded however large the dataset or its
+    members (Pool.imap would read the whole input ahead)."""
     if workers <= 1:
-        yield from map(convert, tasks)
+        yield from map(convert, tasks)  # one task at a time
         return
     # fork where there is one (as torch's DataLoader does): spawn would re-run a user's __main__ script.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with mp.get_context(method).Pool(workers) as pool:
         pending: deque = deque()
+        in_flight = 0
         for task in tasks:
-            pending.append(pool.apply_async(convert, (task,)))
+            size = _nbytes(task)
+            while pending and in_flight + size > INFLIGHT_BYTES:
+                result, n = pending.popleft()
+                in_flight -= n
+                yield result.get()
+            pending.append((pool.apply_async(convert, (task,)), size))
+            in_flight += size
+            del task  # the pool holds it until a worker has it
             if len(pending) >= 4 * workers:
-                yield pending.popleft().get()
+                result, n = pending.popleft()
+                in_flight -= n
+                yield result.get()
         while pending:
-            yield pending.popleft().get()
+            yield pending.popleft()[0].get()
 
 
 def _kind(reason: str) -> str:
@@ -105,7 +137,8 @@ def prepare(p: DataParams, out_dir: str | Path) -> dict:
     with atomic_dir(out_dir) as tmp:
         shape = (p.channels, p.resolution, p.resolution)
         writers = {s: ShardWriter(tmp, s, p.shard_size, shape) for s in SPLITS}
-        for results in _ordered_map(_tasks(listing, p), workers):
+        share = max(1, INFLIGHT_BYTES // (4 * workers))  # what one of the 4 x workers tasks in flight may carry
+        for results in _ordered_map(_tasks(listing, p, share), workers):
             for i, image, reason, digest in results:
                 it = items[i]
                 if not reason and digest in seen:  # not an error: dropped and counted under either on_error
@@ -124,9 +157,11 @@ def prepare(p: DataParams, out_dir: str | Path) -> dict:
         usable = len(seen)
         if usable < p.min_images or not shards["train"]["images"] or not shards["test"]["images"]:
             why = ", ".join(f"{n} {k}" for k, n in Counter(_kind(s["reason"]) for s in skipped).most_common(3))
-            raise DataError(f"{listing.name}: {usable} usable images of {len(items) + len(listing.skipped)} "
-                            f"inputs ({len(skipped)} skipped{': ' + why if why else ''}); data.min_images = "
-                            f"{p.min_images} and each split needs one")
+            raise DataError(
+                f"{listing.name}: {usable} usable images of {len(items) + len(listing.skipped)} "
+                f"inputs ({len(skipped)} skipped{': ' + why if why else ''}); data.min_images = "
+                f"{p.min_images} and each split needs one"
+            )
         manifest = _manifest(listing, p, shards, split_info, skipped)
         write_json(tmp / MANIFEST, manifest)
     return manifest
@@ -134,20 +169,34 @@ def prepare(p: DataParams, out_dir: str | Path) -> dict:
 
 def _manifest(listing: Listing, p: DataParams, shards: dict, split_info: dict, skipped: list[dict]) -> dict:
     names = listing.class_names
-    counts = {s: {"images": shards[s]["images"],
-                  "per_class": {names[k]: n for k, n in sorted(shards[s].pop("per_label").items()) if k >= 0}}
-              for s in SPLITS}
+    counts = {
+        s: {
+            "images": shards[s]["images"],
+            "per_class": {names[k]: n for k, n in sorted(shards[s].pop("per_label").items()) if k >= 0},
+        }
+        for s in SPLITS
+    }
     h = hashlib.sha256()
     for s in SPLITS:
         h.update(f"{s}:{shards[s]['images']}:{shards[s]['sha256']}\n".encode())
     return {
-        "source": listing.name, **{k: v for k, v in listing.detail.items() if k != "text"},
+        "source": listing.name,
+        **{k: v for k, v in listing.detail.items() if k != "text"},
         "licence": listing.licence,
-        "resolution": p.resolution, "channels": p.channels, "crop": p.crop, "hflip": p.hflip,
-        "num_classes": len(names), "class_names": names,
-        "counts": counts, "split": split_info, "shards": shards,
-        "skipped": {"count": len(skipped), "by_reason": dict(Counter(_kind(s["reason"]) for s in skipped)),
-                    "items": skipped},
+        "resolution": p.resolution,
+        "channels": p.channels,
+        "crop": p.crop,
+        "hflip": p.hflip,
+        "num_classes": len(names),
+        "class_names": names,
+        "counts": counts,
+        "split": split_info,
+        "shards": shards,
+        "skipped": {
+            "count": len(skipped),
+            "by_reason": dict(Counter(_kind(s["reason"]) for s in skipped)),
+            "items": skipped,
+        },
         "sha256": h.hexdigest(),
     }
 
@@ -155,8 +204,9 @@ def _manifest(listing: Listing, p: DataParams, shards: dict, split_info: dict, s
 def read_manifest(prepared_dir: str | Path) -> dict:
     m = read_json(Path(prepared_dir) / MANIFEST, "`ganpipe prepare`")
     if not isinstance(m, dict) or not {"shards", "skipped", "counts", "sha256"} <= m.keys():
-        raise DataError(f"{prepared_dir}: prepared by an older ganpipe (no shards in {MANIFEST}); "
-                        "re-run `ganpipe prepare`")
+        raise DataError(
+            f"{prepared_dir}: prepared by an older ganpipe (no shards in {MANIFEST}); re-run `ganpipe prepare`"
+        )
     return m
 
 
@@ -171,19 +221,27 @@ def load_split(prepared_dir: str | Path, split: str) -> tuple[ShardedImages, np.
 def summary(manifest: dict) -> list[str]:
     """The manifest in a few lines: what, how big, what was skipped and why."""
     c = manifest["counts"]
-    lines = [f"{manifest['source']}: {c['train']['images']} train / {c['test']['images']} test images, "
-             f"{manifest['resolution']}px x {manifest['channels']} channel(s), sha256 {manifest['sha256'][:12]}",
-             f"licence: {manifest['licence']}"]
+    lines = [
+        f"{manifest['source']}: {c['train']['images']} train / {c['test']['images']} test images, "
+        f"{manifest['resolution']}px x {manifest['channels']} channel(s), sha256 {manifest['sha256'][:12]}",
+        f"licence: {manifest['licence']}",
+    ]
     if manifest.get("attribution"):
         lines.append(f"attribution: {manifest['attribution']}")
     if manifest["num_classes"]:
         per = c["train"]["per_class"]
-        lines.append(f"{manifest['num_classes']} classes (train images): "
-                     + ", ".join(f"{k} {v}" for k, v in list(per.items())[:12]) + (" ..." if len(per) > 12 else ""))
+        lines.append(
+            f"{manifest['num_classes']} classes (train images): "
+            + ", ".join(f"{k} {v}" for k, v in list(per.items())[:12])
+            + (" ..." if len(per) > 12 else "")
+        )
     sk = manifest["skipped"]
     if sk["count"]:
-        lines.append(f"skipped {sk['count']}: " + ", ".join(f"{n} {k}" for k, n in sk["by_reason"].items())
-                     + f" (every one, with its reason, in {MANIFEST})")
+        lines.append(
+            f"skipped {sk['count']}: "
+            + ", ".join(f"{n} {k}" for k, n in sk["by_reason"].items())
+            + f" (every one, with its reason, in {MANIFEST})"
+        )
     return lines
 
 

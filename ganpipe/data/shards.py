@@ -38,7 +38,7 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self.n_buf:
             return
-        block = self.buf[:self.n_buf]
+        block = self.buf[: self.n_buf]
         self.sha.update(block.tobytes())
         name = shard_name(self.split, len(self.files))
         np.save(self.out_dir / name, block, allow_pickle=False)
@@ -52,8 +52,13 @@ class ShardWriter:
         np.save(self.out_dir / f"{self.split}-labels.npy", labels, allow_pickle=False)
         self.sha.update(labels.tobytes())
         values, counts = np.unique(labels, return_counts=True)
-        return {"files": self.files, "images": len(labels), "labels_file": f"{self.split}-labels.npy",
-                "sha256": self.sha.hexdigest(), "per_label": {int(v): int(n) for v, n in zip(values, counts)}}
+        return {
+            "files": self.files,
+            "images": len(labels),
+            "labels_file": f"{self.split}-labels.npy",
+            "sha256": self.sha.hexdigest(),
+            "per_label": {int(v): int(n) for v, n in zip(values, counts)},
+        }
 
 
 class ShardedImages:
@@ -102,8 +107,9 @@ def open_split(prepared_dir: Path, info: dict) -> tuple[ShardedImages, np.ndarra
         labels = np.load(d / info["labels_file"], allow_pickle=False)
     except FileNotFoundError as exc:
         raise DataError(f"{exc.filename}: not found; re-run `ganpipe prepare`") from None
-    bad = [f["file"] for f, s in zip(info["files"], shards)
-           if s.dtype != np.uint8 or s.ndim != 4 or len(s) != f["images"]]
+    bad = [
+        f["file"] for f, s in zip(info["files"], shards) if s.dtype != np.uint8 or s.ndim != 4 or len(s) != f["images"]
+    ]
     if bad or len(labels) != info["images"] or sum(len(s) for s in shards) != info["images"]:
         raise DataError(f"{d}: shards {bad or ''} disagree with the manifest; re-run `ganpipe prepare`")
     return ShardedImages(shards), labels

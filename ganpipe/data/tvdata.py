@@ -32,7 +32,7 @@ LICENCES = {
     "cifar10": "no licence stated; cite Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images",
     "cifar100": "no licence stated; cite Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images",
     "stl10": "no licence stated; cite Coates, Ng, Lee 2011, An Analysis of Single-Layer Networks in "
-             "Unsupervised Feature Learning (AISTATS); images come from ImageNet",
+    "Unsupervised Feature Learning (AISTATS); images come from ImageNet",
 }
 
 # A registry of constructors (not a class looked up by string); each takes (root, train, download).
@@ -97,13 +97,16 @@ def load(name: str, root: Path, download: bool = True) -> TorchvisionSet:
         train_ds, test_ds = opener(root, True, False), opener(root, False, False)
     except (RuntimeError, OSError) as err:  # URLError is an OSError; torchvision raises RuntimeError
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(f"{name}: files missing or corrupted under {root} ({reason}); download them with "
-                        f"download=True on a machine with internet and copy {root} here") from err
+        raise DataError(
+            f"{name}: files missing or corrupted under {root} ({reason}); download them with "
+            f"download=True on a machine with internet and copy {root} here"
+        ) from err
     class_names = _class_names(name, train_ds)
     train, test = _arrays(name, train_ds), _arrays(name, test_ds)
     for split, (images, labels) in (("train", train), ("test", test)):
         # STL-10 stores labels 1-based and torchvision subtracts 1 in uint8: a 0 would wrap to 255.
         if len(images) != len(labels) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(class_names):
-            raise DataError(f"{name}: {split} labels under {root} do not match {len(images)} images "
-                            f"and {len(class_names)} classes")
+            raise DataError(
+                f"{name}: {split} labels under {root} do not match {len(images)} images and {len(class_names)} classes"
+            )
     return TorchvisionSet(name, LICENCES[name], class_names, train, test)

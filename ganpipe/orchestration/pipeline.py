@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import task_run
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
@@ -34,6 +33,7 @@ from ganpipe.core.dvc import DvcFailed, check_dvc, dvc, push, stage_env
 from ganpipe.core.io import read_json
 from ganpipe.core.params import load_params
 from ganpipe.core.paths import layout
+from ganpipe.orchestration import journal, slots
 from ganpipe.orchestration.notify import notify_hook
 from ganpipe.orchestration.report import png_data_uri, registration_markdown, skipped_markdown
 from ganpipe.training.snapshots import RESUME_ENV, abandoned_run_id, work_dir_of
@@ -83,7 +83,7 @@ def training_slot_name(device: str) -> str:
     return f"ganpipe-train-{socket.gethostname()}-{resolve_device(device)}".replace(":", "-")
 
 
-def ensure_limit(name: str, slots: int = 1) -> None:
+def ensure_limit(name: str, limit: int = 1) -> None:
     """Create the global concurrency limit when missing (an existing one, a team's choice, is kept)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -93,21 +93,20 @@ def ensure_limit(name: str, slots: int = 1) -> None:
         try:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
 
 
 MIN_LEASE_S = 300  # Prefect's default lease; renewed every 75 % of it, so a shorter one survives shorter server outages
 
 
 def holding_slot(slot: str, lease_s: int):
-    """Hold the device's training slot. The lease is renewed while this process lives; when the machine
-    dies the server frees it after `lease_s` (schedule.crashed_after_s, the silence after which the
-    watchdog marks the run Crashed), but never sooner than Prefect's default 300 s: a shorter lease
-    would be lost during a brief outage of the Prefect server, and a second training could then take
-    a device that is still busy. A hiccup renewing the lease must not kill hours of training either."""
-    return concurrency(
-        slot, occupy=1, strict=True, lease_duration=max(MIN_LEASE_S, lease_s), raise_on_lease_renewal_failure=False
-    )
+    """Hold the device's training slot (ganpipe/orchestration/slots.py: a dead holder's slot is freed
+    before waiting, and a waiting run says who holds it). The lease is renewed while this process lives;
+    when the machine dies the server frees it after `lease_s` (schedule.crashed_after_s, the silence
+    after which the watchdog marks the run Crashed), but never sooner than Prefect's default 300 s: a
+    shorter lease would be lost during a brief outage of the Prefect server, and a second training could
+    then take a device that is still busy. A hiccup renewing the lease must not kill hours of training."""
+    return slots.holding(slot, max(MIN_LEASE_S, lease_s))
 
 
 @task(name="train", cache_policy=NO_CACHE, retry_condition_fn=_retry_if_crashed)
@@ -211,6 +210,7 @@ def training_pipeline(project_dir: str = ".", force: bool = False):
     (with "skipped": True and the standing champion when nothing changed and not `force`)."""
     clock = StageClock()
     lay = layout(project_dir)
+    journal.recover(lay, by="run")  # a sweep that died left a candidate's values: the original first
     params = load_params(lay.params_path)  # fail fast, before any stage runs, on a bad params.yaml
     sp = params.schedule
     io = retry_options(sp.io_retries)

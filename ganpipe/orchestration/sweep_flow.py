@@ -25,6 +25,7 @@ from ganpipe.core.dvc import DvcFailed, check_dvc, dvc, stage_env
 from ganpipe.core.io import read_json
 from ganpipe.core.params import load_params
 from ganpipe.core.paths import layout
+from ganpipe.orchestration import journal
 from ganpipe.orchestration.notify import notify_hook
 from ganpipe.orchestration.pipeline import (
     ensure_limit,
@@ -51,7 +52,7 @@ def run_candidate(project_dir: str, name: str, overrides: dict, slot: str, lease
     """One candidate as a DVC experiment up to `evaluate`; its scores and MLflow run. params.yaml is
     first put back as it was before the sweep: `dvc exp run -S` leaves its values in the workspace,
     and a candidate must not inherit the previous one's."""
-    layout(project_dir).params_path.write_text(base_params)
+    journal.write_params(layout(project_dir), base_params)
     try:
         with holding_slot(slot, lease_s):
             check_dvc(
@@ -106,6 +107,7 @@ def apply_experiment(project_dir: str, name: str) -> None:
 def sweep(project_dir: str = "."):
     """Train every candidate, apply the best (by registry.primary_metric), register it through the gate."""
     lay = layout(project_dir)
+    journal.recover(lay, by="sweep")  # a sweep that died left a candidate's values: the original first
     params = load_params(lay.params_path)
     found = candidates(params.sweep)
     validate(yaml.safe_load(lay.params_path.read_text()), found)  # every candidate, before any training
@@ -114,7 +116,7 @@ def sweep(project_dir: str = "."):
     ensure_limit(slot)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     print(f"sweep of {len(found)} candidates: " + "; ".join(str(c) for c in found))
-    base_params = lay.params_path.read_text()
+    base_params = journal.begin(lay)  # until the winner is applied, a dead sweep's next run restores this
     try:
         named = [(f"sweep-{stamp}-{i + 1}", c) for i, c in enumerate(found)]
         if params.sweep.jobs > 1:
@@ -126,10 +128,12 @@ def sweep(project_dir: str = "."):
         metric = params.registry.primary_metric
         winner = best(results, metric)
     except BaseException:
-        lay.params_path.write_text(base_params)  # never leave a candidate's values for the next nightly run
+        journal.write_params(lay, base_params)  # never leave a candidate's values for the next nightly run
+        journal.end(lay)
         raise
     print(f"best by {metric}: {winner['name']} {winner['overrides']} ({metric} = {winner['scores'][metric]:.4g})")
     apply_experiment(root, winner["name"])
+    journal.end(lay)  # the winner's values are in params.yaml on purpose now
     winner["mlflow_run_id"] = read_json(lay.run_info_path, "the train stage")["mlflow_run_id"]
     register_stage.with_options(**retry_options(params.schedule.io_retries))(root, False)
     registration = read_json(lay.registration_path, "the register stage")

@@ -30,6 +30,7 @@ SHIPPED_MODULES = (
     "core/__init__.py",
     "core/errors.py",
     "core/io.py",
+    "core/processes.py",
     "core/images.py",
     "nets/__init__.py",
     "nets/layers.py",

@@ -21,6 +21,7 @@ import torch
 from ganpipe.core import tracking
 from ganpipe.core.dvc import locked_hash
 from ganpipe.core.errors import ConfigError, DataError
+from ganpipe.core.hashing import code_sha256
 from ganpipe.core.io import atomic_dir
 from ganpipe.core.params import Params, dumped_flat
 from ganpipe.data.prepare import load_split, read_manifest
@@ -68,13 +69,16 @@ def train(
     root: str | Path = ".",
     resume: bool = False,
     force: bool = False,
+    fresh: bool = False,
 ) -> dict:
     """Train on the prepared train split; write checkpoint (best snapshot), run info, log and grid to
     `out_dir`. `resume` continues from the newest snapshot in `<out_dir>.partial/` (and its MLflow run)
-    when there is one; changed params refuse unless `force`."""
+    when there is one; changed params refuse unless `force`. Without `resume`, a snapshot that a training
+    which died left is resumed all the same when its params, data and code are the current ones, unless
+    `fresh`."""
     world, device = distributed.setup(params.base.device)
     try:
-        return _train(params, Path(prepared_dir), Path(out_dir), Path(root), resume, force, world, device)
+        return _train(params, Path(prepared_dir), Path(out_dir), Path(root), resume, force, fresh, world, device)
     finally:
         distributed.shutdown(world)
 
@@ -86,6 +90,7 @@ def _train(
     root: Path,
     resume: bool,
     force: bool,
+    fresh: bool,
     world: distributed.World,
     device: torch.device,
 ) -> dict:
@@ -116,7 +121,8 @@ def _train(
     )
     state = TrainState(perm=batches.permutation())
     snaps = Snapshots(work_dir_of(out_dir), tp.keep_snapshots)
-    saved, diff = _resume_point(snaps, params, manifest["sha256"], resume, force, world, root)
+    code = code_sha256()
+    saved, diff = _resume_point(snaps, params, manifest["sha256"], code, resume, force, fresh, world, root)
     if saved is not None:
         state = resume_from(saved, engine, batches.shuffle, base.seed, world)
     probe = _build_probe(params, images, manifest["sha256"], device) if world.main else None
@@ -142,6 +148,7 @@ def _train(
             data_sha256=manifest["sha256"],
             world_size=world.size,
             augment={"enabled": augment_on, "policy": list(tp.augment_policy)},
+            code_sha256=code,
         )
         start_nimg, t_session = trainer.state.nimg, time.perf_counter()
         trainer.run(record, fresh=saved is None)
@@ -159,12 +166,20 @@ def _train(
 
 
 def _resume_point(
-    snaps: Snapshots, params: Params, data_sha256: str, resume: bool, force: bool, world: distributed.World, root: Path
+    snaps: Snapshots,
+    params: Params,
+    data_sha256: str,
+    code: str,
+    resume: bool,
+    force: bool,
+    fresh: bool,
+    world: distributed.World,
+    root: Path,
 ) -> tuple[dict | None, list[str]]:
     """The checkpoint to resume from and how its params differ (None, [] for a fresh run, which clears
     the work directory of snapshots some other run left)."""
-    saved, diff = None, []
-    if resume and (latest := snaps.latest()) is not None:
+    latest = snaps.latest()
+    if resume and latest is not None:
         saved = load_checkpoint(latest)
         diff = resume_differences(saved, params, data_sha256)
         if diff and not force:
@@ -172,7 +187,23 @@ def _resume_point(
                 f"resume refused: params differ from {latest.name} ({'; '.join(diff)}); "
                 "use --force to resume with the new values, or train without --resume"
             )
-    elif world.main:
+        world.barrier()
+        return saved, diff
+    if latest is not None and not resume and not fresh:
+        saved, why_not = _resumable(latest, params, data_sha256, code)
+        if saved is not None:
+            if world.main:
+                print(
+                    f"resuming at {saved[Key.NIMG] / 1000:g} kimg from {latest.name}, left by a training that "
+                    "died: its params, data and code are today's (`ganpipe train --fresh` or "
+                    "`ganpipe run --force` start over)",
+                    flush=True,
+                )
+            world.barrier()
+            return saved, []
+        if world.main:
+            print(f"not resuming {latest.name}, left by a training that died: {why_not}; starting over", flush=True)
+    if world.main:
         if (old_run := abandoned_run_id(snaps.path)) is not None:  # its process died and nobody resumed it
             tracking.configure(root)
             if tracking.fail_run_if_running(
@@ -181,7 +212,25 @@ def _resume_point(
                 print(f"MLflow run {old_run} of an abandoned training marked FAILED")
         snaps.clear()  # a fresh run: stale snapshots of another run must not be resumed later
     world.barrier()
-    return saved, diff
+    return None, []
+
+
+def _resumable(latest: Path, params: Params, data_sha256: str, code: str) -> tuple[dict | None, str]:
+    """(the snapshot, "") when a training can go on from it as if it had never stopped: the same params
+    (every section training reads), the same prepared data and the same ganpipe code; else (None, why)."""
+    try:
+        saved = load_checkpoint(latest)
+    except Exception as exc:  # an unreadable snapshot is a reason to start over, not to fail
+        return None, f"unreadable ({type(exc).__name__})"
+    try:
+        diff = resume_differences(saved, params, data_sha256)
+    except (KeyError, TypeError, ValueError):  # written under an older params schema
+        return None, "its params are from an older ganpipe"
+    if diff:
+        return None, f"params or data differ ({'; '.join(diff)[:500]})"
+    if saved.get(Key.CODE_SHA256) != code:
+        return None, "the ganpipe code changed since" if saved.get(Key.CODE_SHA256) else "it records no code version"
+    return saved, ""
 
 
 def _build_probe(params: Params, images: np.ndarray, data_sha256: str, device: torch.device) -> Probe:

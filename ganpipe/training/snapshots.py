@@ -3,7 +3,9 @@
 Snapshots are full training states (`snapshot-<nimg>.pt`), each written to a temp file and renamed; the
 last `keep` are kept. `best.pt` / `best.png` are the snapshot with the best quick KID and its grid, which
 the stage outputs at the end. The directory survives crashes, so `ganpipe train --resume` (and a
-Prefect retry) continues from the newest snapshot; a finished run removes it.
+Prefect retry) continues from the newest snapshot, and so does the next plain `ganpipe train` (a
+`dvc repro`, the next `ganpipe run`) when the snapshot's params, data and code are today's; a finished
+run removes it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ganpipe.training.state import Key
 
 _NAME = re.compile(r"^snapshot-(\d{12})\.pt$")
 RESUME_ENV = "GANPIPE_TRAIN_RESUME"  # "1": `ganpipe train` resumes (how a Prefect retry asks it through dvc)
+FRESH_ENV = "GANPIPE_TRAIN_FRESH"  # "1": `ganpipe train` starts over, never resumes (`ganpipe run --force`)
 
 
 def work_dir_of(out_dir: str | Path) -> Path:

@@ -12,6 +12,8 @@ one flat dict, saved by `ganpipe.nets.checkpoint` (which adds `format_version`):
     params                              the run's params, dumped as JSON values (resume compares them)
     mlflow_run_id                       the MLflow run a resume continues
     data_sha256                         the prepared data it trained on
+    code_sha256                         the ganpipe code that wrote it (`core.hashing.code_sha256`;
+                                        absent before 2026-12-02): a resume without asking needs it equal
     world_size                          how many processes trained it
     augment                             {"enabled": bool, "policy": [str]}: DiffAugment as applied
 
@@ -43,6 +45,7 @@ class Key:
     PARAMS = "params"
     MLFLOW_RUN_ID = "mlflow_run_id"
     DATA_SHA256 = "data_sha256"
+    CODE_SHA256 = "code_sha256"
     WORLD_SIZE = "world_size"
     AUGMENT = "augment"
     NIMG = "nimg"  # TrainState.nimg, read on its own (snapshot names, which snapshot best.pt is)
@@ -90,6 +93,7 @@ class RunRecord:
     data_sha256: str
     world_size: int
     augment: dict  # {"enabled": bool, "policy": [str]}
+    code_sha256: str = ""
 
 
 class EngineState(Protocol):
@@ -111,6 +115,7 @@ def checkpoint(engine: EngineState, state: TrainState, shuffle: torch.Generator,
         Key.PARAMS: run.params,
         Key.MLFLOW_RUN_ID: run.mlflow_run_id,
         Key.DATA_SHA256: run.data_sha256,
+        Key.CODE_SHA256: run.code_sha256,
         Key.WORLD_SIZE: run.world_size,
         Key.AUGMENT: run.augment,
     }

@@ -1,0 +1,44 @@
+"""Is the process that left this (a temp output, a slot's lease, a sweep's journal) still running?
+
+A pid alone is not an identity: pids are reused. Where a record can carry it, the process's start time
+goes with the pid (`process_started`), and `alive(pid, started)` is true only for that same process. A
+zombie (killed, not yet reaped by its parent) counts as gone: it writes and holds nothing any more.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (Linux); None elsewhere or when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def process_started(pid: int) -> str | None:
+    """When process `pid` started, as an opaque token (clock ticks since boot on Linux); None when unknown."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None  # field 22 of stat: starttime
+
+
+def alive(pid: int, started: str | None = None) -> bool:
+    """Whether process `pid` runs (and, when `started` is given and can be checked, is the same process)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    fields = _stat_fields(pid)
+    if fields is None:
+        return True  # no /proc: kill(0) is all there is
+    if fields[0] in "ZX":
+        return False
+    return started is None or fields[19] == started
