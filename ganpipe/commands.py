@@ -297,9 +297,12 @@ def cmd_serve(args) -> None:
 
 
 def cmd_server(args) -> None:
-    from ganpipe.orchestration.schedule import server_command
+    from ganpipe.orchestration.schedule import LEASE_STORAGE_ENV, server_command
 
     cmd = server_command(args.port)
+    # leases on disk (PREFECT_HOME/concurrency_leases): a restarted server still knows who holds a
+    # training slot, and its repossessor frees the slot of a holder that died (slots.py)
+    os.environ.setdefault(LEASE_STORAGE_ENV, "prefect.server.concurrency.lease_storage.filesystem")
     print(
         f"Prefect server on http://127.0.0.1:{args.port}; in another shell: "
         f"export PREFECT_API_URL=http://127.0.0.1:{args.port}/api",

@@ -21,6 +21,7 @@ from ganpipe.orchestration.notify import configured
 from ganpipe.orchestration.watchdog import ensure_automation, heartbeats
 
 FLOW = "training-pipeline"
+LEASE_STORAGE_ENV = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 
 
 def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
