@@ -27,7 +27,8 @@ $(BIN)/python:
 # --no-compile: Python compiles a module when it is first imported; compiling all of torch, MLflow and
 # Prefect up front (tens of thousands of files, most never imported) costs a minute of the install.
 WARM_IMPORTS := ganpipe.commands, ganpipe.data.prepare, ganpipe.evaluation.refstats, ganpipe.training.loop, \
-	ganpipe.evaluation.evaluate, ganpipe.registry.register, ganpipe.orchestration.pipeline, dvc.cli, torch_fidelity
+	ganpipe.evaluation.evaluate, ganpipe.registry.register, ganpipe.orchestration.pipeline, dvc.cli, torch_fidelity, \
+	prefect.server.api.server, ganpipe.orchestration.tempserver
 PIP := $(BIN)/pip install --disable-pip-version-check -q --no-compile
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -c constraints.txt -e '.[dev]'

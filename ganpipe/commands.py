@@ -209,23 +209,26 @@ def _heartbeats(args):
 
 
 @contextmanager
-def _flow_context(args):
+def _flow_context(args, flow_module: str):
     """Where a flow started from the command line runs: the Prefect API (PREFECT_API_URL, else a
-    temporary server that outlives the flow's cleanup), SIGTERM handled like Ctrl-C, heartbeats."""
+    temporary server that outlives the flow's cleanup; `flow_module` is imported while it starts),
+    SIGTERM handled like Ctrl-C, heartbeats."""
+    import importlib
+
     from ganpipe.orchestration.tempserver import interrupts_raise, prefect_api
 
-    with prefect_api(), interrupts_raise(), _heartbeats(args):
+    with prefect_api(lambda: importlib.import_module(flow_module)), interrupts_raise(), _heartbeats(args):
         yield
 
 
 def cmd_run(args) -> None:
     import time
 
-    from ganpipe.orchestration.pipeline import training_pipeline
-    from ganpipe.orchestration.report import stage_times
-
     t0 = time.time()
-    with _flow_context(args):
+    with _flow_context(args, "ganpipe.orchestration.pipeline"):
+        from ganpipe.orchestration.pipeline import training_pipeline
+        from ganpipe.orchestration.report import stage_times
+
         r = training_pipeline(project_dir=str(args.layout.root), force=args.force)
     # before the flow's first stage: Prefect's (temporary) server and the flow run's set-up
     seconds = {"prefect start": r["flow_started_at"] - t0, **r["stage_seconds"]}
@@ -243,9 +246,9 @@ def cmd_run(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from ganpipe.orchestration.sweep_flow import sweep
+    with _flow_context(args, "ganpipe.orchestration.sweep_flow"):
+        from ganpipe.orchestration.sweep_flow import sweep
 
-    with _flow_context(args):
         out = sweep(project_dir=str(args.layout.root))
     w, reg = out["winner"], out["registration"]
     state = "it is the new champion" if reg["promoted"] else f"champion stays v{reg['champion']}"

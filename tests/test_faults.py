@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import make_project, tiny_params_dict
 
-TRAIN = {"total_kimg": 9.6, "snapshot_kimg": 1.6, "collapse_after_kimg": 1000.0}
+# snapshots every 1.6 kimg, and many seconds of training after the third: each kill lands mid-training
+TRAIN = {"total_kimg": 16.0, "snapshot_kimg": 1.6, "keep_snapshots": 2, "collapse_after_kimg": 1000.0}
 RERUN_TIMEOUT_S = 420  # today's failure is a rerun that waits for ever at the train task
 
 
@@ -59,40 +60,56 @@ def _wait(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _kill_at(project: Path, env: dict, nimg: int, sig: signal.Signals) -> str:
+    """Start `ganpipe run`, send `sig` to its whole process tree once training has written the snapshot
+    at `nimg`; its output."""
+    snapshot = project / "models.partial" / f"snapshot-{nimg:012d}.pt"
+    run = _ganpipe_run(project, env)
+    try:
+        _wait(lambda: snapshot.exists() or run.poll() is not None, RERUN_TIMEOUT_S, snapshot.name)
+        assert run.poll() is None, run.communicate()[0][-3000:]
+        os.killpg(run.pid, sig)
+        out = run.communicate(timeout=120)[0]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0 and not (project / "models" / "run.json").exists(), out[-3000:]  # mid-training
+    return out
+
+
 @pytest.mark.slow  # killed processes and whole pipelines: `make test`, not `make test-fast`
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
-def test_a_run_killed_mid_training_does_not_block_the_next_which_resumes(tmp_path, sig):
+def test_runs_killed_mid_training_never_block_the_next_which_resumes(tmp_path):
+    """SIGKILL (an OOM kill, a reboot), SIGTERM (`timeout`, systemd) and SIGINT (Ctrl-C) of the whole
+    `ganpipe run` tree, one after the other on one project, each at the next snapshot; then a run that
+    finishes. Each run after a kill resumes the dead one's training; only the SIGKILLed run leaves its
+    slot to be freed by the next, the others release it themselves."""
     project = make_project(tmp_path / "project", tiny_params_dict(train=TRAIN))
     home = tmp_path / "prefect-home"
     env = _env(home)
-    snapshot = project / "models.partial" / "snapshot-000000001600.pt"
-    first = _ganpipe_run(project, env)
-    try:
-        _wait(lambda: snapshot.exists() or first.poll() is not None, 600, "the first snapshot")
-        assert first.poll() is None, first.communicate()[0]
-        os.killpg(first.pid, sig)
-        out = first.communicate(timeout=120)[0]
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-    assert first.returncode != 0 and not (project / "models" / "run.json").exists(), out  # killed mid-training
-    _wait(lambda: not _temporary_servers(home), 30, "the killed run's temporary server to stop")
-    if sig != signal.SIGKILL:  # a run that could clean up released its slot itself
-        assert not list((home / "ganpipe-slots").rglob("*.json")), out
-
-    second = _ganpipe_run(project, env)
-    try:
-        out = second.communicate(timeout=RERUN_TIMEOUT_S)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(second.pid, signal.SIGKILL)
-        pytest.fail(f"the run after a {sig.name} did not finish: {second.communicate()[0][-3000:]}")
-    assert second.returncode == 0, out[-3000:]
-    freed = "training slot ganpipe-train-" in out and ": freed " in out
-    assert freed == (sig == signal.SIGKILL), out[-3000:]  # only a SIGKILLed run leaves its slot to be freed
-    assert "resuming at " in out and "left by a training that died" in out, out[-3000:]
+    records = home / "ganpipe-slots"
+    step = round(TRAIN["snapshot_kimg"] * 1000)
+    previous = None
+    for i, sig in enumerate((signal.SIGKILL, signal.SIGTERM, signal.SIGINT, None), start=1):
+        if sig is not None:
+            out = _kill_at(project, env, i * step, sig)
+        else:
+            final = _ganpipe_run(project, env)
+            try:
+                out = final.communicate(timeout=RERUN_TIMEOUT_S)[0]
+            except subprocess.TimeoutExpired:
+                os.killpg(final.pid, signal.SIGKILL)
+                pytest.fail(f"the run after a SIGINT did not finish: {final.communicate()[0][-3000:]}")
+            assert final.returncode == 0, out[-3000:]
+        if previous is not None:  # this run came after a killed one
+            freed = "training slot ganpipe-train-" in out and ": freed " in out
+            assert freed == (previous == signal.SIGKILL), out[-3000:]
+            assert f"resuming at {(i - 1) * step / 1000:g} kimg" in out and "left by a training that died" in out
+        _wait(lambda: not _temporary_servers(home), 30, "the run's temporary server to stop")
+        if sig != signal.SIGKILL:  # a run that could clean up released its slot itself
+            assert not list(records.rglob("*.json")), out[-3000:]
+        previous = sig
     info = json.loads((project / "models" / "run.json").read_text())
-    assert info["resumed_from_kimg"] >= 1.6 and info["kimg"] >= TRAIN["total_kimg"]
-    assert not list((home / "ganpipe-slots").rglob("*.json"))  # and the second run released its slot
+    assert info["resumed_from_kimg"] == 3 * step / 1000 and info["kimg"] >= TRAIN["total_kimg"]
 
 
 def _dead_pid() -> int:
@@ -155,12 +172,13 @@ def test_a_dead_holders_lease_is_released_and_a_waiting_run_says_who_holds_the_s
 
 @pytest.mark.slow
 def test_a_sweep_killed_mid_candidate_leaves_the_next_run_the_original_params(tmp_path):
-    raw = tiny_params_dict(train=TRAIN, sweep={"grid": {"train.lr": [0.0001, 0.0003]}, "candidates": []})
+    from ganpipe.nets.checkpoint import load_checkpoint
+
+    raw = tiny_params_dict(sweep={"grid": {"train.lr": [0.0001, 0.0003]}, "candidates": []})
     project = make_project(tmp_path / "project", raw)
-    original = (project / "params.yaml").read_bytes()
-    home = tmp_path / "prefect-home"
-    env = _env(home)
-    snapshot = project / "models.partial" / "snapshot-000000001600.pt"
+    params = project / "params.yaml"
+    original = params.read_bytes()
+    env = _env(tmp_path / "prefect-home")
     sweep = subprocess.Popen(
         [sys.executable, "-m", "ganpipe", "-C", str(project), "sweep"],
         env=env,
@@ -169,25 +187,23 @@ def test_a_sweep_killed_mid_candidate_leaves_the_next_run_the_original_params(tm
         text=True,
         start_new_session=True,
     )
-    try:
-        _wait(lambda: snapshot.exists() or sweep.poll() is not None, 600, "the first candidate's first snapshot")
+    try:  # `dvc exp run -S` writes the first candidate's values into params.yaml, then runs its stages
+        _wait(lambda: params.read_bytes() != original or sweep.poll() is not None, 600, "the first candidate")
         assert sweep.poll() is None, sweep.communicate()[0]
-        assert (project / "params.yaml").read_bytes() != original  # `dvc exp run -S` wrote the candidate's values
-        os.killpg(sweep.pid, signal.SIGKILL)  # an OOM kill of the whole sweep
+        os.killpg(sweep.pid, signal.SIGKILL)  # an OOM kill of the whole sweep, mid-candidate
         sweep.communicate(timeout=60)
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
-    assert (project / ".dvc" / "tmp" / "ganpipe-sweep.json").exists()
+    assert params.read_bytes() != original and (project / ".dvc" / "tmp" / "ganpipe-sweep.json").exists()
 
     rerun = _ganpipe_run(project, env)
     out = rerun.communicate(timeout=RERUN_TIMEOUT_S)[0]
     assert rerun.returncode == 0, out[-3000:]
     assert "restored params.yaml as it was before that sweep, before this run" in out
-    assert (project / "params.yaml").read_bytes() == original
-    assert not (project / ".dvc" / "tmp" / "ganpipe-sweep.json").exists()
-    # and it trained the project's own configuration, not the candidate's (whose snapshot it did not resume)
-    assert "not resuming snapshot-" in out and "params or data differ (train.lr: 0.0001 -> 0.0002)" in out
+    assert params.read_bytes() == original and not (project / ".dvc" / "tmp" / "ganpipe-sweep.json").exists()
+    # and it trained the project's own configuration, not the candidate's
+    assert load_checkpoint(project / "models" / "checkpoint.pt")["params"]["train"]["lr"] == raw["train"]["lr"]
 
 
 def test_a_run_is_refused_while_a_sweep_runs_and_an_unreadable_journal_is_dropped(project):

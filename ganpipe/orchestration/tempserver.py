@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ganpipe.orchestration.slots import TEMPORARY_SERVER_ENV, temporary_identity
@@ -80,15 +80,18 @@ def _wait_healthy(proc: subprocess.Popen, url: str) -> None:
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str | None]:
+def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator[str | None]:
     """Yield the API URL the run talks to: PREFECT_API_URL when set (yields it, starts nothing), else a
-    temporary server that lives until the block has exited."""
+    temporary server that lives until the block has exited. `while_starting` runs while the server
+    starts (importing the flow there overlaps the two: seconds of each `ganpipe run` on 2 cores)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, temporary_settings
 
     if url := PREFECT_API_URL.value():
+        while_starting()
         yield url
         return
     if not sys.platform.startswith("linux"):
+        while_starting()
         yield None  # Prefect's own temporary server (no PR_SET_PDEATHSIG to tie a detached one to this process)
         return
     port = _free_port()
@@ -98,11 +101,13 @@ def prefect_api() -> Iterator[str | None]:
     proc = subprocess.Popen(_command(port), env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     saved = os.environ.get(TEMPORARY_SERVER_ENV)
     try:
+        while_starting()
         _wait_healthy(proc, url)
         os.environ[TEMPORARY_SERVER_ENV] = temporary_identity()
         with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE: False}):
             yield url
     finally:
+        _drain_prefect_workers()
         if saved is None:
             os.environ.pop(TEMPORARY_SERVER_ENV, None)
         else:
@@ -113,6 +118,17 @@ def prefect_api() -> Iterator[str | None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events Prefect still holds before the server stops (what its test harness
+    does): at exit they would be retried against a stopped server for over a minute."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=30)
 
 
 @contextlib.contextmanager
