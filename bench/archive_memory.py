@@ -94,8 +94,8 @@ def run_prepare(project: Path, data: dict) -> dict:
 
 
 def main() -> None:
-    from ganpipe.data.prepare import INFLIGHT_BYTES, INLINE_BELOW
     from ganpipe.data.archives import MAX_MEMBER_BYTES
+    from ganpipe.data.prepare import INFLIGHT_BYTES, INLINE_BELOW
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--members", type=int, default=64)
