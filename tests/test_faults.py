@@ -1,6 +1,7 @@
-"""A dead run never blocks the next: `ganpipe run` killed mid-training (SIGKILL of the whole tree, SIGTERM
-as `timeout` sends it, SIGINT as Ctrl-C does) on Prefect's temporary server, then `ganpipe run` again
-trains, resuming the dead run's training; and the slot records on a real server (the test harness)."""
+"""Faults that cost nothing: a sweep and `ganpipe run` killed (SIGKILL of the whole tree, SIGTERM as
+`timeout` sends it, SIGINT as Ctrl-C does) on Prefect's temporary server, and what the next run finds:
+the original params.yaml, a free training slot, the dead run's training to resume; the slot records on a
+real server (the test harness); the sweep journal."""
 
 from __future__ import annotations
 
@@ -29,9 +30,13 @@ def _env(prefect_home: Path) -> dict[str, str]:
     return env
 
 
-def _ganpipe_run(project: Path, env: dict, *args: str) -> subprocess.Popen:
+def _ganpipe_run(project: Path, env: dict) -> subprocess.Popen:
+    return _ganpipe(project, env, "run")
+
+
+def _ganpipe(project: Path, env: dict, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ganpipe", "-C", str(project), "run", *args],
+        [sys.executable, "-m", "ganpipe", "-C", str(project), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -78,20 +83,40 @@ def _kill_at(project: Path, env: dict, nimg: int, sig: signal.Signals) -> str:
 
 
 @pytest.mark.slow  # killed processes and whole pipelines: `make test`, not `make test-fast`
-def test_runs_killed_mid_training_never_block_the_next_which_resumes(tmp_path):
-    """SIGKILL (an OOM kill, a reboot), SIGTERM (`timeout`, systemd) and SIGINT (Ctrl-C) of the whole
-    `ganpipe run` tree, one after the other on one project, each at the next snapshot; then a run that
-    finishes. Each run after a kill resumes the dead one's training; only the SIGKILLed run leaves its
-    slot to be freed by the next, the others release it themselves."""
-    project = make_project(tmp_path / "project", tiny_params_dict(train=TRAIN))
+def test_killed_sweeps_and_runs_never_block_or_mislead_the_next_run_which_resumes(tmp_path):
+    """One project, faults one after the other, each checked by the run that comes next: a sweep
+    SIGKILLed mid-candidate (the next run restores params.yaml first); then SIGKILL (an OOM kill, a
+    reboot), SIGTERM (`timeout`, systemd) and SIGINT (Ctrl-C) of the whole `ganpipe run` tree, each at the
+    next snapshot; then a run that finishes. Each run after a killed run resumes its training; only the
+    SIGKILLed run leaves its slot to be freed by the next, the others release it themselves."""
+    from ganpipe.nets.checkpoint import load_checkpoint
+
+    raw = tiny_params_dict(train=TRAIN, sweep={"grid": {"train.lr": [0.0001, 0.0003]}, "candidates": []})
+    project = make_project(tmp_path / "project", raw)
     home = tmp_path / "prefect-home"
     env = _env(home)
+    params, journal = project / "params.yaml", project / ".dvc" / "tmp" / "ganpipe-sweep.json"
+    original = params.read_bytes()
+    sweep = _ganpipe(project, env, "sweep")
+    try:  # `dvc exp run -S` writes the first candidate's values into params.yaml, then runs its stages
+        _wait(lambda: params.read_bytes() != original or sweep.poll() is not None, 600, "the first candidate")
+        assert sweep.poll() is None, sweep.communicate()[0]
+        os.killpg(sweep.pid, signal.SIGKILL)  # an OOM kill of the whole sweep, mid-candidate
+        sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert params.read_bytes() != original and journal.exists() and not (project / "models.partial").exists()
+
     records = home / "ganpipe-slots"
     step = round(TRAIN["snapshot_kimg"] * 1000)
     previous = None
     for i, sig in enumerate((signal.SIGKILL, signal.SIGTERM, signal.SIGINT, None), start=1):
         if sig is not None:
             out = _kill_at(project, env, i * step, sig)
+            if i == 1:  # the first run after the dead sweep
+                assert "restored params.yaml as it was before that sweep, before this run" in out, out[-3000:]
+                assert params.read_bytes() == original and not journal.exists()
         else:
             final = _ganpipe_run(project, env)
             try:
@@ -110,6 +135,9 @@ def test_runs_killed_mid_training_never_block_the_next_which_resumes(tmp_path):
         previous = sig
     info = json.loads((project / "models" / "run.json").read_text())
     assert info["resumed_from_kimg"] == 3 * step / 1000 and info["kimg"] >= TRAIN["total_kimg"]
+    # it trained the project's own configuration, not the dead sweep's candidate's
+    assert load_checkpoint(project / "models" / "checkpoint.pt")["params"]["train"]["lr"] == raw["train"]["lr"]
+    assert params.read_bytes() == original
 
 
 def _dead_pid() -> int:
@@ -168,42 +196,6 @@ def test_a_dead_holders_lease_is_released_and_a_waiting_run_says_who_holds_the_s
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
         client.delete_global_concurrency_limit_by_name(name)
-
-
-@pytest.mark.slow
-def test_a_sweep_killed_mid_candidate_leaves_the_next_run_the_original_params(tmp_path):
-    from ganpipe.nets.checkpoint import load_checkpoint
-
-    raw = tiny_params_dict(sweep={"grid": {"train.lr": [0.0001, 0.0003]}, "candidates": []})
-    project = make_project(tmp_path / "project", raw)
-    params = project / "params.yaml"
-    original = params.read_bytes()
-    env = _env(tmp_path / "prefect-home")
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "ganpipe", "-C", str(project), "sweep"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:  # `dvc exp run -S` writes the first candidate's values into params.yaml, then runs its stages
-        _wait(lambda: params.read_bytes() != original or sweep.poll() is not None, 600, "the first candidate")
-        assert sweep.poll() is None, sweep.communicate()[0]
-        os.killpg(sweep.pid, signal.SIGKILL)  # an OOM kill of the whole sweep, mid-candidate
-        sweep.communicate(timeout=60)
-    finally:
-        if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
-    assert params.read_bytes() != original and (project / ".dvc" / "tmp" / "ganpipe-sweep.json").exists()
-
-    rerun = _ganpipe_run(project, env)
-    out = rerun.communicate(timeout=RERUN_TIMEOUT_S)[0]
-    assert rerun.returncode == 0, out[-3000:]
-    assert "restored params.yaml as it was before that sweep, before this run" in out
-    assert params.read_bytes() == original and not (project / ".dvc" / "tmp" / "ganpipe-sweep.json").exists()
-    # and it trained the project's own configuration, not the candidate's
-    assert load_checkpoint(project / "models" / "checkpoint.pt")["params"]["train"]["lr"] == raw["train"]["lr"]
 
 
 def test_a_run_is_refused_while_a_sweep_runs_and_an_unreadable_journal_is_dropped(project):
