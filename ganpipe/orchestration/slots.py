@@ -12,12 +12,12 @@ So every holder also leaves a record on this host (the slot names the host, so a
 `$PREFECT_HOME/ganpipe-slots/<server>/<slot>/<lease>.json` with its pid, the process's start time (a
 reused pid is not mistaken for the holder), flow run and since when. Before taking the slot, and every
 minute while waiting for it, the records of processes that are gone are settled: the dead holder's
-lease is released, which frees the slot at once; where the server no longer knows that lease (a
-temporary server's leases died with it) the slot is given back by count. On a temporary server, slots
-held with no live holder on record at all (left by a ganpipe from before these records) are given back
-too; a real server's repossessor handles those when their lease expires. One lock file serialises the
-settling and the taking on this host, so a count is never read between another process's take and its
-record. While a run waits, it says every minute who holds the slot and since when.
+lease is released, which frees the slot at once (a lease the server no longer knows is a no-op there).
+On a temporary server, whose leases die with it, every slot still counted beyond the live holders on
+record is then given back by count (this also frees slots that a ganpipe from before these records
+left); a real server's repossessor frees a holder without a record when its lease expires. One lock
+file serialises the settling and the taking on this host, so a count is never read between another
+process's take and its record. While a run waits, it says every minute who holds the slot and since when.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ from uuid import UUID
 
 from ganpipe.core.processes import alive, process_started
 
-TEMPORARY_SERVER_ENV = (
-    "GANPIPE_PREFECT_TEMPORARY"  # set (to the server's identity) while ganpipe's temporary server runs
-)
+# set (to the server's identity) while ganpipe's temporary server runs (tempserver.py)
+TEMPORARY_SERVER_ENV = "GANPIPE_PREFECT_TEMPORARY"
 NOTE_EVERY_S = 60.0  # how often a waiting run says who holds the slot
 POLL_MAX_S = 10.0  # the longest pause between two tries to take the slot (the server suggests shorter ones)
 
