@@ -198,6 +198,25 @@ def test_a_dead_holders_lease_is_released_and_a_waiting_run_says_who_holds_the_s
         client.delete_global_concurrency_limit_by_name(name)
 
 
+def test_the_lease_is_renewed_on_ganpipes_temporary_server(monkeypatch, capsys):
+    """The renewal runs in a thread: it must talk to the server that granted the lease (a plain thread
+    lost the temporary server's URL and renewed against a temporary server of Prefect's own: 410 Gone)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from ganpipe.orchestration import slots
+    from ganpipe.orchestration.pipeline import ensure_limit
+    from ganpipe.orchestration.tempserver import prefect_api
+
+    monkeypatch.setattr(slots, "RENEW_AT", 0.02)  # every 1.2 s of a 60 s lease
+    name = f"ganpipe-test-renew-{os.getpid()}"
+    with temporary_settings(updates={PREFECT_API_URL: None}), prefect_api() as url:
+        assert url and slots.server_identity()[1]  # ganpipe's own temporary server
+        ensure_limit(name)
+        with slots.holding(name, 60) as held:
+            _wait(lambda: held.renewed >= 2, 60, "two renewals")
+    assert "renewing lease" not in capsys.readouterr().out
+
+
 def test_a_run_is_refused_while_a_sweep_runs_and_an_unreadable_journal_is_dropped(project):
     from ganpipe.core.errors import ConfigError
     from ganpipe.core.paths import layout

@@ -23,6 +23,7 @@ process's take and its record. While a run waits, it says every minute who holds
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import json
@@ -193,29 +194,41 @@ def _note_waiting(records: SlotRecords, waited_s: float) -> None:
     )
 
 
+RENEW_AT = 0.75  # renew the lease when this share of it has passed
+
+
 class _Renewer(threading.Thread):
-    """Renews the lease at 3/4 of its duration; a failed renewal is reported, not fatal (hours of training
-    are not thrown away for a server hiccup; the holder record still marks the slot as ours)."""
+    """Renews the lease at RENEW_AT of its duration; a failed renewal is reported, not fatal (hours of
+    training are not thrown away for a server hiccup; the holder record still marks the slot as ours).
+    It runs in a copy of the caller's context: Prefect keeps the API URL (ganpipe's temporary server's)
+    in a context variable, and a plain thread would talk to a temporary server of Prefect's own."""
 
     def __init__(self, lease_id: UUID, lease_s: float):
         super().__init__(name="ganpipe-slot-lease", daemon=True)
         self.lease_id, self.lease_s, self.stop = lease_id, lease_s, threading.Event()
+        self.context = contextvars.copy_context()
+        self.renewed = 0
 
     def run(self) -> None:
+        self.context.run(self._renew_until_stopped)
+
+    def _renew_until_stopped(self) -> None:
         from prefect.client.orchestration import get_client
 
-        while not self.stop.wait(0.75 * self.lease_s):
+        while not self.stop.wait(RENEW_AT * self.lease_s):
             try:
                 with get_client(sync_client=True) as client:
                     client.renew_concurrency_lease(self.lease_id, self.lease_s)
+                self.renewed += 1
             except Exception as exc:
                 print(f"training slot: renewing lease {self.lease_id} failed ({exc}); training goes on", flush=True)
 
 
 @contextlib.contextmanager
-def holding(slot: str, lease_s: float) -> Iterator[UUID]:
+def holding(slot: str, lease_s: float) -> Iterator[_Renewer]:
     """Hold the training slot `slot` (waiting for it as long as it takes, saying so every minute),
-    settling what dead holders left first; release it on the way out, however the block ends."""
+    settling what dead holders left first; release it on the way out, however the block ends. Yields
+    the lease's renewer (`.lease_id`, `.renewed`: how many times it was renewed)."""
     from prefect.client.orchestration import get_client
 
     server, temporary = server_identity()
@@ -235,7 +248,7 @@ def holding(slot: str, lease_s: float) -> Iterator[UUID]:
     renewer = _Renewer(lease_id, lease_s)
     renewer.start()
     try:
-        yield lease_id
+        yield renewer
     finally:
         renewer.stop.set()
         release(records, lease_id)

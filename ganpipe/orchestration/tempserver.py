@@ -96,7 +96,15 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    from prefect.settings import get_current_settings
+
+    env = {
+        **os.environ,
+        **get_current_settings().to_environment_variables(exclude_unset=True),  # as Prefect passes them
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen(_command(port), env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     saved = os.environ.get(TEMPORARY_SERVER_ENV)
