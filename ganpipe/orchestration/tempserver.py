@@ -84,7 +84,12 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
     """Yield the API URL the run talks to: PREFECT_API_URL when set (yields it, starts nothing), else a
     temporary server that lives until the block has exited. `while_starting` runs while the server
     starts (importing the flow there overlaps the two: seconds of each `ganpipe run` on 2 cores)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
+        get_current_settings,
+        temporary_settings,
+    )
 
     if url := PREFECT_API_URL.value():
         while_starting()
@@ -96,8 +101,6 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    from prefect.settings import get_current_settings
-
     env = {
         **os.environ,
         **get_current_settings().to_environment_variables(exclude_unset=True),  # as Prefect passes them
