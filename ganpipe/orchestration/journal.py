@@ -69,8 +69,10 @@ def recover(lay: Layout, *, by: str) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        path.unlink(missing_ok=True)  # cut short while being written: its sweep never changed params.yaml
-        return f"removed an unreadable sweep journal ({type(exc).__name__})"
+        path.unlink(missing_ok=True)  # written atomically, so damaged from outside: nothing to trust in it
+        message = f"removed an unreadable sweep journal ({type(exc).__name__}); params.yaml left as it is"
+        print(message, flush=True)
+        return message
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
     if alive(pid, j.get("started")):
         if pid == os.getpid():
