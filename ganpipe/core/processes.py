@@ -8,6 +8,7 @@ zombie (killed, not yet reaped by its parent) counts as gone: it writes and hold
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -42,3 +43,15 @@ def alive(pid: int, started: str | None = None) -> bool:
     if fields[0] in "ZX":
         return False
     return started is None or fields[19] == started
+
+
+def this_process() -> dict:
+    """A record of the calling process for a file that outlives it: {pid, started, since}; `alive(pid,
+    started)` later tells whether it still runs."""
+    pid = os.getpid()
+    return {"pid": pid, "started": process_started(pid), "since": time.time()}
+
+
+def local_time(seconds: float) -> str:
+    """A record's `since` as people read it: local wall time to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))

@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 from ganpipe.core.errors import ConfigError
 from ganpipe.core.io import atomic_path, write_json
 from ganpipe.core.paths import Layout
-from ganpipe.core.processes import alive, process_started
+from ganpipe.core.processes import alive, local_time, this_process
 
 
 def journal_path(lay: Layout) -> Path:
@@ -39,16 +38,9 @@ def write_params(lay: Layout, text: str) -> None:
 def begin(lay: Layout) -> str:
     """Record params.yaml before a sweep changes it; returns its text."""
     text = lay.params_path.read_text()
-    pid = os.getpid()
     write_json(
         journal_path(lay),
-        {
-            "params_yaml": text,
-            "sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "pid": pid,
-            "started": process_started(pid),
-            "since": time.time(),
-        },
+        {"params_yaml": text, "sha256": hashlib.sha256(text.encode()).hexdigest(), **this_process()},
     )
     return text
 
@@ -73,7 +65,7 @@ def recover(lay: Layout, *, by: str) -> str | None:
         message = f"removed an unreadable sweep journal ({type(exc).__name__}); params.yaml left as it is"
         print(message, flush=True)
         return message
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    when = local_time(since)
     if alive(pid, j.get("started")):
         if pid == os.getpid():
             return None  # this process's own sweep

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from ganpipe.core.processes import alive, process_started
+from ganpipe.core.processes import alive, local_time, this_process
 
 # set (to the server's identity) while ganpipe's temporary server runs (tempserver.py)
 TEMPORARY_SERVER_ENV = "GANPIPE_PREFECT_TEMPORARY"
@@ -72,7 +72,7 @@ class Holder:
     flow_run: str
 
     def describe(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        when = local_time(self.since)
         run = f", flow run {self.flow_run}" if self.flow_run else ""
         return f"pid {self.pid} on {self.host}{run}, since {when}"
 
@@ -113,16 +113,9 @@ class SlotRecords:
         from ganpipe.core.io import write_json
 
         path = self.dir / f"{lease_id}.json"
-        pid = os.getpid()
-        record = {
-            "lease_id": str(lease_id),
-            "pid": pid,
-            "started": process_started(pid),
-            "host": socket.gethostname(),
-            "since": time.time(),
-            "flow_run": flow_run,
-        }
-        write_json(path, record)
+        write_json(
+            path, {"lease_id": str(lease_id), "host": socket.gethostname(), "flow_run": flow_run, **this_process()}
+        )
         return path
 
 
