@@ -25,6 +25,7 @@ from ganpipe.commands import (
     cmd_schedule,
     cmd_serve,
     cmd_server,
+    cmd_studio,
     cmd_sweep,
     cmd_train,
     cmd_ui,
@@ -188,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(fn=cmd_ui)
+    st = sub.add_parser(
+        "studio", help="a web page to generate from, compare, promote and roll back the registered generators"
+    )
+    st.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    st.add_argument("--port", type=int, default=8765)
+    st.add_argument(
+        "--allow-changes", action="store_true", help="let the page promote and roll back (off: the page is read-only)"
+    )
+    st.add_argument("--mlflow-ui", default=None, metavar="URL", help="the MLflow UI to link runs to (`ganpipe ui`)")
+    st.add_argument(
+        "--prefect-ui",
+        default=None,
+        metavar="URL",
+        help="the Prefect UI to link flow runs to (default: PREFECT_UI_URL)",
+    )
+    st.set_defaults(fn=cmd_studio)
     return ap
 
 

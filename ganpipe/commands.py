@@ -355,3 +355,9 @@ def cmd_ui(args) -> None:
     ]
     print(" ".join(cmd), flush=True)
     os.execvp(cmd[0], cmd)
+
+
+def cmd_studio(args) -> None:
+    from ganpipe.studio.app import serve
+
+    serve(args.layout.root, args.host, args.port, args.allow_changes, args.mlflow_ui, args.prefect_ui)

@@ -139,9 +139,14 @@ def log_dataset(prepared_dir: str | Path, manifest: dict, dvc_md5: str) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
-def describe_run(run_id: str, markdown: str) -> None:
-    """Set a run's description (the MLflow UI's notes) to `markdown`."""
+FLOW_RUN_TAG = "ganpipe.prefect_flow_run_id"  # the Prefect flow run that made a training run (studio links it)
+
+
+def describe_run(run_id: str, markdown: str, flow_run_id: str | None = None) -> None:
+    """Set a run's description (the MLflow UI's notes) to `markdown`, and name the flow run behind it."""
     MlflowClient().set_tag(run_id, "mlflow.note.content", markdown)
+    if flow_run_id:
+        MlflowClient().set_tag(run_id, FLOW_RUN_TAG, flow_run_id)
 
 
 def log_skipped_run(root: str | Path, experiment: str, reason: str, markdown: str) -> str:

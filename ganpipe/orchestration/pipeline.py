@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
@@ -156,7 +156,7 @@ def publish(markdown: str, run_id: str, project_dir: str) -> None:
     create_markdown_artifact(markdown=markdown, key="training-pipeline", description="candidate vs champion")
     if run_id:
         tracking.configure(project_dir)
-        tracking.describe_run(run_id, markdown)
+        tracking.describe_run(run_id, markdown, flow_run.id)
 
 
 @task(name="plots", cache_policy=NO_CACHE)

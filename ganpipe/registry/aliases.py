@@ -112,25 +112,28 @@ def verify_alias(client: MlflowClient, name: str, alias: str, expected: str, pre
     )
 
 
-def promote(client: MlflowClient, name: str, alias: str, version: str, reason: str) -> dict:
-    """Manual override: move `alias` to `version` (no gate), then the post-promotion check."""
+def promote(
+    client: MlflowClient, name: str, alias: str, version: str, reason: str, via: str = "promote (manual)"
+) -> dict:
+    """Manual override: move `alias` to `version` (no gate), then the post-promotion check. `via` says from
+    where (the CLI, the studio), in the history."""
     try:
         client.get_model_version(name, str(version))
     except MlflowException as exc:
         raise RegistryError(f"{name} v{version}: {exc.message.splitlines()[0]}") from None
     with registry_lock(mlflow.get_tracking_uri(), name):
-        event = move_alias(client, name, alias, str(version), "promote (manual)", reason)
+        event = move_alias(client, name, alias, str(version), via, reason)
         verify_alias(client, name, alias, str(version), event["from"])
     return event
 
 
-def rollback(client: MlflowClient, name: str, alias: str, reason: str) -> dict:
+def rollback(client: MlflowClient, name: str, alias: str, reason: str, via: str = "rollback") -> dict:
     """Move `alias` back to the version it held before its current one."""
     with registry_lock(mlflow.get_tracking_uri(), name):
-        return _rollback(client, name, alias, reason)
+        return _rollback(client, name, alias, reason, via)
 
 
-def _rollback(client: MlflowClient, name: str, alias: str, reason: str) -> dict:
+def _rollback(client: MlflowClient, name: str, alias: str, reason: str, via: str) -> dict:
     holder = current_holder(client, name, alias)
     if holder is None:
         raise RegistryError(f"{name} has no {alias} to roll back")
@@ -143,6 +146,6 @@ def _rollback(client: MlflowClient, name: str, alias: str, reason: str) -> dict:
     ]
     if not moves:
         raise RegistryError(f"{name}@{alias} = v{holder.version} has no previous version to roll back to")
-    event = move_alias(client, name, alias, moves[-1]["from"], "rollback", reason)
+    event = move_alias(client, name, alias, moves[-1]["from"], via, reason)
     verify_alias(client, name, alias, event["to"], event["from"])
     return event
