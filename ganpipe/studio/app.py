@@ -22,6 +22,9 @@ functions, registry lock and post-promotion check.
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -272,6 +275,28 @@ def create_app(
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
     return app
+
+
+@contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 30):
+    """Serve `app` from a thread of this process (tests, benchmarks, screenshots); yields its base URL.
+    Port 0 takes a free one."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="ganpipe-studio", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the studio did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)
 
 
 def serve(

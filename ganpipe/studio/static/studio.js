@@ -207,13 +207,16 @@ async function change(ev, path, payload) {
   ev.preventDefault();
   show("#history-error", "");
   show("#history-done", "");
+  let done = "", failed = "";
   try {
     const r = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload) });
     const m = r.move;
-    show("#history-done", `${m.alias}: ${m.from ? "v" + m.from : "–"} → v${m.to} (${m.via}); the post-promotion check passed`);
+    done = `${m.alias}: ${m.from ? "v" + m.from : "–"} → v${m.to} (${m.via}); the post-promotion check passed`;
     await loadModels();
-  } catch (e) { show("#history-error", e.message); }
+  } catch (e) { failed = e.message; }
   await loadHistory();
+  show("#history-done", done);
+  if (failed) show("#history-error", failed);
 }
 
 // ---- runs -------------------------------------------------------------------------------------------
