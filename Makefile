@@ -18,7 +18,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run lint test test-fast clean-stores
+.PHONY: install run lint test test-fast clean-stores browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,17 @@ lint: install
 # process that drew the slow tests ran on alone for minutes at the end). Each process has its own Prefect test server,
 # PREFECT_HOME and ganpipe cache. TEST_PROCS=0 runs everything in this one process.
 TEST_PROCS ?= 3
-test: install lint
+test: install lint browser
 	$(BIN)/python -m pytest -n $(TEST_PROCS) --maxschedchunk 2 --durations=15
+
+# The studio's browser tests drive Debian's Chromium through Playwright (Playwright's own browser download
+# needs the internet). Installed here when missing and apt-get can (root); otherwise those tests are skipped
+# with the reason, except under GANPIPE_REQUIRE_BROWSER=1 (.ci/run), where they fail.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+		|| echo "make: $(CHROMIUM) is missing and cannot be installed here: the browser tests will be skipped"; }
 
 # the edit-test loop: everything but the tests marked slow (whole pipelines, servers, killed processes)
 test-fast: install

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from PIL import Image
 from ganpipe.core.images import PROVENANCE
 from ganpipe.evaluation.evaluate import evaluate
 from ganpipe.registry.register import register
-from tests.conftest import as_new_training, copy_project, free_port, mlflow_client, wait_for_http
+from tests.conftest import as_new_training, build_trained, copy_project, free_port, mlflow_client, wait_for_http
+from tests.sessions import once_per_session
 from tools import browser
 
 P = PROVENANCE
@@ -31,19 +33,26 @@ def _register(p, ep, lay) -> dict:
     return register(p.registry, ep, lay)
 
 
+def _build(directory: Path) -> dict:
+    p, lay = build_trained(directory / "project")
+    r1, r2 = _register(p, p.eval, lay), _register(p, p.eval, lay)
+    r3 = _register(p, p.eval.model_copy(update={"num_fake": p.eval.num_fake - 20}), lay)
+    return {"root": str(lay.root), "registered": [r1, r2, r3]}
+
+
 @pytest.fixture(scope="module")
-def studio_project(_trained_once, tmp_path_factory):
+def studio_project(tmp_path_factory):
     """v1 (champion) and v2 (challenger, a tie) scored under the project's protocol, then v3 scored under
     another one (eval.num_fake changed): registering v3 re-scores the champion v1 under v3's protocol,
-    while v2 keeps only its own scores."""
-    p, trained = _trained_once
-    lay = copy_project(trained.root, tmp_path_factory.mktemp("studio") / "project")
-    r1, r2 = _register(p, p.eval, lay), _register(p, p.eval, lay)
-    other = p.eval.model_copy(update={"num_fake": p.eval.num_fake - 20})
-    r3 = _register(p, other, lay)
+    while v2 keeps only its own scores. Built once per test session; each module process gets a copy."""
+    from ganpipe.core.params import load_params
+
+    built = once_per_session(tmp_path_factory, "studio", _build)
+    lay = copy_project(Path(built["root"]), tmp_path_factory.mktemp("studio") / "project")
+    r1, r2, r3 = built["registered"]
     assert r1["promoted"] and not r2["promoted"] and r3["version"] == "3"
     assert r1["fingerprint"] == r2["fingerprint"] != r3["fingerprint"]
-    return p, lay, (r1, r2, r3)
+    return load_params(lay.params_path), lay, (r1, r2, r3)
 
 
 @contextmanager
