@@ -52,6 +52,16 @@ def test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock(project,
     # the summary went to the MLflow run's description and to a Prefect artifact of the flow run
     note = client.get_run(holder.run_id).data.tags["mlflow.note.content"]
     assert f"v1 is the new {result['alias']}" in note and "| kid |" in note
+    # ... and the training run names the flow run that made it (the studio links it in the Prefect UI)
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    from ganpipe.core.tracking import FLOW_RUN_TAG
+
+    with get_client(sync_client=True) as prefect:
+        made_by = prefect.read_flow_run(UUID(client.get_run(holder.run_id).data.tags[FLOW_RUN_TAG]))
+    assert made_by.state.is_completed()
     assert _artifact("training-pipeline") and "| kid |" in _artifact("training-pipeline")
     # the sample grid and the training curves (dvc plots) are artifacts too
     assert _artifact("samples").startswith("data:image/png;base64,")

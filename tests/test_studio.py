@@ -203,6 +203,26 @@ def test_runs_show_the_training_curves_and_snapshots_of_the_project_only(studio_
     assert "not a run of experiment" in foreign.json()["error"]
 
 
+def test_runs_link_the_mlflow_and_prefect_uis_when_they_are_known(studio_project):
+    from ganpipe.core.tracking import FLOW_RUN_TAG
+
+    _, lay, _ = studio_project
+    with _client(lay) as c:
+        run_id = c.get("/api/runs").json()["runs"][0]["run_id"]
+        unlinked = c.get(f"/api/runs/{run_id}").json()["links"]
+    assert unlinked == {"mlflow": "", "prefect": ""}
+    mlflow_client(lay.root).set_tag(run_id, FLOW_RUN_TAG, "0b6c3c1e-flow-run")  # what the pipeline flow sets
+    with _client(lay, mlflow_ui="http://mlflow.example:5000/", prefect_ui="http://prefect.example:4200") as c:
+        detail = c.get(f"/api/runs/{run_id}").json()
+        page = c.get("/").text
+    exp = detail["experiment_id"]
+    assert detail["links"] == {
+        "mlflow": f"http://mlflow.example:5000/#/experiments/{exp}/runs/{run_id}",
+        "prefect": "http://prefect.example:4200/runs/flow-run/0b6c3c1e-flow-run",
+    }
+    assert "ganpipe studio" in page
+
+
 def test_conditional_models_get_a_class_picker_and_refuse_a_class_they_lack(conditional_project):
     p, lay = conditional_project
     _register(p, p.eval, lay)
