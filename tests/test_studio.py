@@ -163,7 +163,12 @@ def test_promote_and_rollback_need_allow_changes_and_a_reason(studio_project):
     assert champion() == "1"
     with _client(lay, allow_changes=True) as c:
         assert c.post("/api/promote", json={"version": 2, "reason": "  "}).status_code == 400
-        assert c.post("/api/promote", content=b"not json").status_code == 400
+        bad = c.post("/api/promote", content=b"not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400
+        # what another web site could make a browser send: a form post, or JSON from a foreign origin
+        form = c.post("/api/promote", content=b'{"version": 2, "reason": "x"}', headers={"content-type": "text/plain"})
+        foreign = c.post("/api/promote", json={"version": 2, "reason": "x"}, headers={"origin": "http://evil.example"})
+        assert form.status_code == 415 and foreign.status_code == 403 and champion() == "1"
         assert c.post("/api/promote", json={"version": 9, "reason": "x"}).status_code == 409
         done = c.post("/api/promote", json={"version": 2, "reason": "sharper strokes"}).json()
         assert done["move"]["to"] == "2" and done["aliases"][alias] == "2" and champion() == "2"
@@ -201,6 +206,16 @@ def test_runs_show_the_training_curves_and_snapshots_of_the_project_only(studio_
     assert snap.status_code == 200 and snap.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert sneaky.status_code == 404 and unknown.status_code == 404 and foreign.status_code == 404
     assert "not a run of experiment" in foreign.json()["error"]
+
+
+def test_a_project_with_nothing_registered_says_so(trained_project):
+    _, lay = trained_project
+    with _client(lay) as c:
+        models = c.get("/api/models").json()
+        champion = c.get("/api/generate?model=champion")
+        assert c.get("/").status_code == 200
+    assert models["versions"] == [] and models["aliases"] == {}
+    assert champion.status_code == 404 and "has no alias 'champion'" in champion.json()["error"]
 
 
 def test_runs_link_the_mlflow_and_prefect_uis_when_they_are_known(studio_project):

@@ -26,7 +26,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import mlflow
 from fastapi import FastAPI, Query, Request
@@ -213,6 +213,13 @@ def create_app(
     async def _change(request: Request, action):
         if not allow_changes:
             return _error(403, "changes are off: start the studio with `ganpipe studio --allow-changes` to promote")
+        # Only the page itself (or a script) may change aliases: a JSON body cannot be sent cross-site without
+        # a CORS preflight, which this app never grants, and a browser names the page's origin.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return _error(415, "send the change as JSON (Content-Type: application/json)")
+        origin = request.headers.get("origin")
+        if origin and urlsplit(origin).netloc != request.headers.get("host"):
+            return _error(403, f"a change from another site ({origin[:80]}) is refused")
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
