@@ -232,7 +232,7 @@ async function loadRuns() {
 }
 
 function plot(id, title, series) {
-  const traces = series.filter(([, c]) => c).map(([name, c]) => ({ x: c.kimg, y: c.value, name, mode: "lines+markers", type: "scatter" }));
+  const traces = series.filter(([, c]) => c).map(([name, c]) => ({ x: c.kimg, y: c.value, name, mode: c.kimg.length > 40 ? "lines" : "lines+markers", type: "scatter" }));
   const layout = { title: { text: title, font: { size: 14 }, y: 0.97 }, margin: { l: 50, r: 10, t: 56, b: 40 }, height: 260,
     xaxis: { title: { text: "kimg" } }, legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" }, showlegend: traces.length > 1 };
   if (window.Plotly) Plotly.react(id, traces, layout, { displaylogo: false, responsive: true });
