@@ -355,33 +355,11 @@ def forget_nightly(client) -> None:
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    wait_for_http(proc, port, "/health", timeout_s=120)
-    yield f"http://127.0.0.1:{port}", tmp_path
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    """An `mlflow server` on a SQLite store in tmp_path (proxied artifacts): (its URL, tmp_path)."""
+    from tests.servers import mlflow_server as server
+
+    with server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts") as url:
+        yield url, tmp_path
 
 
 @pytest.fixture

@@ -42,7 +42,14 @@ def _ganpipe(project: Path, env: dict, *args: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group: the signal goes to the whole tree, as a shell's does
+        preexec_fn=_interruptible,
     )
+
+
+def _interruptible() -> None:
+    """Ctrl-C's default action, as in a terminal: a process started in the background by a shell without
+    job control (CI scripts, `make test &`) inherits SIGINT ignored, and so would every `ganpipe` it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _temporary_servers(prefect_home: Path) -> list[int]:
