@@ -158,6 +158,7 @@ def test_a_dead_holders_lease_is_released_and_a_waiting_run_says_who_holds_the_s
 ):
     from prefect.client.orchestration import get_client
 
+    from ganpipe.core import leases
     from ganpipe.orchestration import slots
     from ganpipe.orchestration.pipeline import ensure_limit
 
@@ -179,7 +180,7 @@ def test_a_dead_holders_lease_is_released_and_a_waiting_run_says_who_holds_the_s
         assert "freed the slot of a training that died" in out and "training-pipeline/dead-run" in out
         assert not path.exists()
         monkeypatch.setattr(slots, "NOTE_EVERY_S", 0.5)
-        monkeypatch.setattr(slots, "POLL_MAX_S", 0.2)
+        monkeypatch.setattr(leases, "RETRY_MAX_S", 0.2)
         waited = threading.Event()
 
         def second() -> None:
@@ -210,11 +211,12 @@ def test_the_lease_is_renewed_on_ganpipes_temporary_server(monkeypatch, capsys):
     lost the temporary server's URL and renewed against a temporary server of Prefect's own: 410 Gone)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from ganpipe.core import leases
     from ganpipe.orchestration import slots
     from ganpipe.orchestration.pipeline import ensure_limit
     from ganpipe.orchestration.tempserver import prefect_api
 
-    monkeypatch.setattr(slots, "RENEW_AT", 0.02)  # every 1.2 s of a 60 s lease
+    monkeypatch.setattr(leases, "RENEW_AT", 0.02)  # every 1.2 s of a 60 s lease
     name = f"ganpipe-test-renew-{os.getpid()}"
     with temporary_settings(updates={PREFECT_API_URL: None}), prefect_api() as url:
         assert url and slots.server_identity()[1]  # ganpipe's own temporary server

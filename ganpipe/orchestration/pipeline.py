@@ -31,6 +31,7 @@ from ganpipe.core import tracking
 from ganpipe.core.device import resolve_device
 from ganpipe.core.dvc import DvcFailed, check_dvc, dvc, push, stage_env
 from ganpipe.core.io import read_json
+from ganpipe.core.leases import ensure_limit
 from ganpipe.core.params import load_params
 from ganpipe.core.paths import layout
 from ganpipe.orchestration import journal, slots
@@ -81,19 +82,6 @@ def reproduce(stage: str, project_dir: str, force: bool = False) -> None:
 def training_slot_name(device: str) -> str:
     """The global concurrency limit that lets one training at a time use this host's device."""
     return f"ganpipe-train-{socket.gethostname()}-{resolve_device(device)}".replace(":", "-")
-
-
-def ensure_limit(name: str, limit: int = 1) -> None:
-    """Create the global concurrency limit when missing (an existing one, a team's choice, is kept)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
 
 
 MIN_LEASE_S = 300  # Prefect's default lease; renewed every 75 % of it, so a shorter one survives shorter server outages

@@ -23,25 +23,21 @@ process's take and its record. While a run waits, it says every minute who holds
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import fcntl
 import hashlib
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+from ganpipe.core.leases import TEMPORARY_SERVER_ENV, Renewer, give_back, try_take
 from ganpipe.core.processes import alive, local_time, this_process
 
-# set (to the server's identity) while ganpipe's temporary server runs (tempserver.py)
-TEMPORARY_SERVER_ENV = "GANPIPE_PREFECT_TEMPORARY"
 NOTE_EVERY_S = 60.0  # how often a waiting run says who holds the slot
-POLL_MAX_S = 10.0  # the longest pause between two tries to take the slot (the server suggests shorter ones)
 
 
 def server_identity() -> tuple[str, bool]:
@@ -119,10 +115,6 @@ class SlotRecords:
         return path
 
 
-def _status(exc: Exception) -> int | None:
-    return getattr(getattr(exc, "response", None), "status_code", None)
-
-
 def settle(client, records: SlotRecords, temporary: bool) -> list[str]:
     """Free what dead holders left (call with `records.locked()` held); returns what was done, in words.
 
@@ -161,20 +153,10 @@ def _take(client, records: SlotRecords, temporary: bool, lease_s: float) -> tupl
     with records.locked():
         for line in settle(client, records, temporary):
             print(f"training slot {records.slot}: freed {line}", flush=True)
-        try:
-            response = client.increment_concurrency_slots_with_lease(
-                names=[records.slot], slots=1, mode="concurrency", lease_duration=lease_s
-            )
-        except Exception as exc:
-            if _status(exc) != 423:  # 423 Locked: the slot is taken
-                raise
-            return None, float(exc.response.headers.get("Retry-After", POLL_MAX_S))
-        body = response.json()
-        if not body.get("limits"):
-            raise RuntimeError(f"the global concurrency limit {records.slot!r} does not exist")
-        lease_id = UUID(body["lease_id"])
-        records.add(lease_id, _flow_run_name())
-        return lease_id, 0.0
+        lease_id, wait_s = try_take(client, records.slot, lease_s)
+        if lease_id is not None:
+            records.add(lease_id, _flow_run_name())
+        return lease_id, wait_s
 
 
 def _note_waiting(records: SlotRecords, waited_s: float) -> None:
@@ -187,38 +169,8 @@ def _note_waiting(records: SlotRecords, waited_s: float) -> None:
     )
 
 
-RENEW_AT = 0.75  # renew the lease when this share of it has passed
-
-
-class _Renewer(threading.Thread):
-    """Renews the lease at RENEW_AT of its duration; a failed renewal is reported, not fatal (hours of
-    training are not thrown away for a server hiccup; the holder record still marks the slot as ours).
-    It runs in a copy of the caller's context: Prefect keeps the API URL (ganpipe's temporary server's)
-    in a context variable, and a plain thread would talk to a temporary server of Prefect's own."""
-
-    def __init__(self, lease_id: UUID, lease_s: float):
-        super().__init__(name="ganpipe-slot-lease", daemon=True)
-        self.lease_id, self.lease_s, self.stop = lease_id, lease_s, threading.Event()
-        self.context = contextvars.copy_context()
-        self.renewed = 0
-
-    def run(self) -> None:
-        self.context.run(self._renew_until_stopped)
-
-    def _renew_until_stopped(self) -> None:
-        from prefect.client.orchestration import get_client
-
-        while not self.stop.wait(RENEW_AT * self.lease_s):
-            try:
-                with get_client(sync_client=True) as client:
-                    client.renew_concurrency_lease(self.lease_id, self.lease_s)
-                self.renewed += 1
-            except Exception as exc:
-                print(f"training slot: renewing lease {self.lease_id} failed ({exc}); training goes on", flush=True)
-
-
 @contextlib.contextmanager
-def holding(slot: str, lease_s: float) -> Iterator[_Renewer]:
+def holding(slot: str, lease_s: float) -> Iterator[Renewer]:
     """Hold the training slot `slot` (waiting for it as long as it takes, saying so every minute),
     settling what dead holders left first; release it on the way out, however the block ends. Yields
     the lease's renewer (`.lease_id`, `.renewed`: how many times it was renewed)."""
@@ -237,8 +189,8 @@ def holding(slot: str, lease_s: float) -> Iterator[_Renewer]:
             if now >= next_note:
                 _note_waiting(records, now - t0)
                 next_note = now + NOTE_EVERY_S
-            time.sleep(min(max(wait_s, 0.5), POLL_MAX_S))
-    renewer = _Renewer(lease_id, lease_s)
+            time.sleep(max(wait_s, 0.5))
+    renewer = Renewer(lease_id, lease_s, f"training slot {slot}")
     renewer.start()
     try:
         yield renewer
@@ -250,11 +202,9 @@ def holding(slot: str, lease_s: float) -> Iterator[_Renewer]:
 def release(records: SlotRecords, lease_id: UUID) -> None:
     """Give the slot back and drop the record; when the server cannot be reached the record stays, and
     the next run settles it (this process is gone by then)."""
-    from prefect.client.orchestration import get_client
 
     try:
-        with get_client(sync_client=True) as client:
-            client.release_concurrency_slots_with_lease(lease_id)
+        give_back(lease_id)
     except Exception as exc:
         print(f"training slot {records.slot}: could not release lease {lease_id} ({exc}); the next run frees it")
         return

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ganpipe.orchestration.slots import TEMPORARY_SERVER_ENV, temporary_identity
+from ganpipe.core.leases import TEMPORARY_SERVER_ENV
+from ganpipe.orchestration.slots import temporary_identity
 
 STARTUP_TIMEOUT_S = 120.0  # a first start creates the database (migrations): seconds, more on a loaded machine
 
