@@ -135,3 +135,48 @@ def postgres(databases: tuple[str, ...]):
             pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@contextmanager
+def ssh_server(directory: Path):
+    """OpenSSH's sshd on 127.0.0.1 for the current user, key authentication only; yields (port, the path of
+    the client key it accepts). Skipped when openssh-server is missing or the user is not root
+    (sshd's privilege separation), unless GANPIPE_REQUIRE_SSH=1 (CI)."""
+    why = "" if SSHD.exists() else f"{SSHD} is missing (apt-get install -y openssh-server)"
+    why = why or ("" if os.geteuid() == 0 else "sshd on loopback needs root here")
+    if why:
+        if os.environ.get("GANPIPE_REQUIRE_SSH"):
+            pytest.fail(why)
+        pytest.skip(why)
+    directory.mkdir(parents=True, exist_ok=True)
+    for key in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / key)], check=True)
+    (directory / "authorized_keys").write_text((directory / "client.pub").read_text())
+    port = free_port()
+    config = directory / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\n"
+        f"AuthorizedKeysFile {directory / 'authorized_keys'}\nPidFile {directory / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    proc = _spawn([str(SSHD), "-D", "-e", "-f", str(config)])
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"sshd did not start:\n{proc.stdout.read()[-3000:]}")
+            time.sleep(0.1)
+        yield port, directory / "client"
+    finally:
+        _stop(proc)
