@@ -2,18 +2,27 @@
 
 `torchrun --nproc_per_node N -m ganpipe train` sets RANK / WORLD_SIZE / LOCAL_RANK; without them the
 world is one process and nothing here touches torch.distributed. Rank 0 alone logs and checkpoints.
+
+Several machines: `torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT`. A collective that
+waits longer than GANPIPE_DIST_TIMEOUT_S (default 600 s) fails the process, so a machine that dies or
+hangs fails the whole job instead of leaving the others blocked for ever. It must exceed the longest
+stretch rank 0 works alone while the others wait: a snapshot (grid, probe, checkpoint, MLflow logging).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from ganpipe.core.device import resolve_device
 from ganpipe.core.errors import ConfigError
+
+TIMEOUT_ENV = "GANPIPE_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,22 @@ def setup(device_name: str) -> tuple[World, torch.device]:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=size)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=size, timeout=collective_timeout()
+        )
     return world, device
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective may wait for the other processes ($GANPIPE_DIST_TIMEOUT_S)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: seconds, e.g. 600") from None
+    if seconds <= 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be > 0")
+    return timedelta(seconds=seconds)
 
 
 def shutdown(world: World) -> None:
