@@ -1,7 +1,8 @@
 """Several machines for one training: two `torchrun` launchers (one process each, gloo on CPU) with their
 own checkouts rendezvous over c10d on loopback, as two machines would, and train with the global batch
 split between them; rank 0's machine alone writes the checkpoint and logs the one MLflow run. A node that
-dies fails the whole job within the collectives' timeout (it hung before), and the snapshot it leaves on rank 0's machine is resumed."""
+dies fails the whole job within the collectives' timeout (it hung before), and the snapshot it leaves on
+rank 0's machine is resumed."""
 
 from __future__ import annotations
 
