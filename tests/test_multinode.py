@@ -1,13 +1,12 @@
 """Several machines for one training: two `torchrun` launchers (one process each, gloo on CPU) with their
 own checkouts rendezvous over c10d on loopback, as two machines would, and train with the global batch
 split between them; rank 0's machine alone writes the checkpoint and logs the one MLflow run. A node that
-dies fails the whole job within the collectives' timeout (it hung before), and the snapshot it leaves on
-rank 0's machine is resumed."""
+dies fails the whole job at once; started again on both machines, the job resumes from the snapshot on
+rank 0's machine, which rank 0 sends to the other (it holds none)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -72,6 +71,19 @@ def _launch(lay, port: int, job: str, *args: str) -> subprocess.Popen:
     )
 
 
+def _machine_dies(launcher_pid: int) -> None:
+    """SIGKILL the launcher and every process under it: torchrun starts its workers in sessions of their
+    own, so killing the launcher's process group alone leaves them training (and the other node finishes)."""
+    import psutil
+
+    root = psutil.Process(launcher_pid)
+    for p in [*root.children(recursive=True), root]:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def test_two_nodes_rendezvous_train_and_rank_0_alone_writes(_trained_once, tmp_path):
     from ganpipe.nets.checkpoint import load_checkpoint
 
@@ -93,7 +105,9 @@ def test_two_nodes_rendezvous_train_and_rank_0_alone_writes(_trained_once, tmp_p
     assert len(client.get_metric_history(trained[0].info.run_id, "quick_kid")) >= 1
 
 
-def test_a_dead_node_fails_the_job_within_the_collective_timeout_and_rank_0s_snapshot_resumes(_trained_once, tmp_path):
+def test_a_dead_node_fails_the_job_and_both_nodes_resume(_trained_once, tmp_path):
+    """A node that dies: the other sees its connections close and fails at once (a node that hangs with its
+    connections open is not handled yet: with a 30 s collectives' timeout the other still waited > 180 s)."""
     nodes = _checkouts(_trained_once, tmp_path, total_kimg=LONG)
     port, job = free_port(), uuid.uuid4().hex[:8]
     launchers = [_launch(lay, port, job, "--fresh") for lay in nodes]
@@ -105,26 +119,27 @@ def test_a_dead_node_fails_the_job_within_the_collective_timeout_and_rank_0s_sna
             time.sleep(0.2)
         rank0 = next(i for i, lay in enumerate(nodes) if (lay.root / "models.partial").exists())
         other = 1 - rank0
-        os.killpg(launchers[other].pid, signal.SIGKILL)  # the other machine dies
+        _machine_dies(launchers[other].pid)
         killed_at = time.monotonic()
         out = launchers[rank0].communicate(timeout=180)[0]
         took = time.monotonic() - killed_at
     finally:
         for p in launchers:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+                _machine_dies(p.pid)
     assert launchers[rank0].returncode != 0, out[-3000:]
     assert took < TIMEOUT_S + 60, f"rank 0's node took {took:.0f} s to give up"
     assert not nodes[rank0].run_info_path.exists()  # no half-written outputs
 
-    # the job's snapshot is on rank 0's machine: a training started there resumes it
-    lay = nodes[rank0]
-    proc = subprocess.run(
-        [sys.executable, "-m", "ganpipe", "-C", str(lay.root), "train"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "resuming at " in proc.stdout and f"trained {LONG:g} kimg (resumed at" in proc.stdout
+    # the job started again on both machines resumes from rank 0's snapshot: rank 0 sends it to the other
+    # machine, which holds none
+    from ganpipe.nets.checkpoint import load_checkpoint
+
+    port, job = free_port(), uuid.uuid4().hex[:8]
+    again = [_launch(lay, port, job) for lay in nodes]
+    outputs = [p.communicate(timeout=900)[0] for p in again]
+    assert [p.returncode for p in again] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "resuming at " in outputs[rank0] and f"trained {LONG:g} kimg (resumed at" in outputs[rank0]
+    assert not (nodes[other].root / "models.partial").exists() and not nodes[other].run_info_path.exists()
+    ckpt = load_checkpoint(nodes[rank0].models_dir / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["nimg"] == int(LONG * 1000)

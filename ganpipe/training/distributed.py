@@ -3,14 +3,16 @@
 `torchrun --nproc_per_node N -m ganpipe train` sets RANK / WORLD_SIZE / LOCAL_RANK; without them the
 world is one process and nothing here touches torch.distributed. Rank 0 alone logs and checkpoints.
 
-Several machines: `torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT`. A collective that
-waits longer than GANPIPE_DIST_TIMEOUT_S (default 600 s) fails the process, so a machine that dies or
-hangs fails the whole job instead of leaving the others blocked for ever. It must exceed the longest
-stretch rank 0 works alone while the others wait: a snapshot (grid, probe, checkpoint, MLflow logging).
+Several machines: `torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT`; only rank 0's
+machine holds the snapshots, so rank 0 sends the one to resume from (`share_checkpoint`). A collective
+that waits longer than GANPIPE_DIST_TIMEOUT_S (default 600 s, torch's own is 30 min) fails the process;
+it must exceed the longest stretch rank 0 works alone while the others wait: a snapshot (grid, probe,
+checkpoint, MLflow logging).
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -76,6 +78,34 @@ def setup(device_name: str) -> tuple[World, torch.device]:
             "nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=size, timeout=collective_timeout()
         )
     return world, device
+
+
+def share_checkpoint(ckpt: dict | None, world: World, device: torch.device, failed: bool = False) -> dict | None:
+    """Rank 0's checkpoint (or None) on every rank: on several machines only rank 0's disk holds the
+    snapshots. Sent as the bytes `torch.save` writes and read back with `weights_only=True` (tensors and
+    plain values, never code). `failed` on rank 0 tells the others that it could not decide (it raises
+    its own error); they raise ConfigError instead of waiting for the collectives' timeout."""
+    if not world.distributed:
+        return ckpt
+    payload = b""
+    if world.main and ckpt is not None:
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        payload = buf.getvalue()
+    length = torch.tensor([-1 if failed else len(payload)], dtype=torch.int64, device=device)
+    dist.broadcast(length, src=0)
+    n = int(length.item())
+    if n < 0:
+        if world.main:
+            return None
+        raise ConfigError("rank 0 could not decide where training starts (see its output)")
+    if n == 0 or world.main:
+        if n:
+            dist.broadcast(torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device), src=0)
+        return ckpt
+    data = torch.empty(n, dtype=torch.uint8, device=device)
+    dist.broadcast(data, src=0)
+    return torch.load(io.BytesIO(data.cpu().numpy().tobytes()), map_location="cpu", weights_only=True)
 
 
 def collective_timeout() -> timedelta:

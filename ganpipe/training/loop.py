@@ -122,7 +122,9 @@ def _train(
     state = TrainState(perm=batches.permutation())
     snaps = Snapshots(work_dir_of(out_dir), tp.keep_snapshots)
     code = code_sha256()
-    saved, diff = _resume_point(snaps, params, manifest["sha256"], code, resume, force, fresh, world, root)
+    saved, diff = _agreed_resume_point(
+        snaps, params, manifest["sha256"], code, resume, force, fresh, world, root, device
+    )
     if saved is not None:
         state = resume_from(saved, engine, batches.shuffle, base.seed, world)
     probe = _build_probe(params, images, manifest["sha256"], device) if world.main else None
@@ -163,6 +165,36 @@ def _train(
         info = write_outputs(snaps, tmp, state, run, manifest, config, device, seconds, start_nimg, lineage)
     snaps.clear()
     return info
+
+
+def _agreed_resume_point(
+    snaps: Snapshots,
+    params: Params,
+    data_sha256: str,
+    code: str,
+    resume: bool,
+    force: bool,
+    fresh: bool,
+    world: distributed.World,
+    root: Path,
+    device: torch.device,
+) -> tuple[dict | None, list[str]]:
+    """Where every process starts: rank 0 decides from its own disk (on several machines only rank 0's
+    holds the snapshots) and sends the checkpoint to the others."""
+    if not world.distributed:
+        return _resume_point(snaps, params, data_sha256, code, resume, force, fresh, world, root)
+    saved, diff, failure = None, [], None
+    if world.main:
+        try:
+            saved, diff = _resume_point(
+                snaps, params, data_sha256, code, resume, force, fresh, distributed.World(), root
+            )
+        except Exception as exc:  # the others must not wait for a decision that never comes
+            failure = exc
+    saved = distributed.share_checkpoint(saved, world, device, failed=failure is not None)
+    if failure is not None:
+        raise failure
+    return saved, diff if world.main else []
 
 
 def _resume_point(
