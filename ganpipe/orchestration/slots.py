@@ -202,7 +202,6 @@ def holding(slot: str, lease_s: float) -> Iterator[Renewer]:
 def release(records: SlotRecords, lease_id: UUID) -> None:
     """Give the slot back and drop the record; when the server cannot be reached the record stays, and
     the next run settles it (this process is gone by then)."""
-
     try:
         give_back(lease_id)
     except Exception as exc:

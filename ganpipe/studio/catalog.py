@@ -18,6 +18,7 @@ from ganpipe.core.errors import RegistryError
 from ganpipe.core.metric_keys import DIRECTIONS, is_better
 from ganpipe.core.tracking import FLOW_RUN_TAG
 from ganpipe.registry.aliases import history
+from ganpipe.registry.refs import stored_result
 
 CURVE_KEYS = ("quick_kid", "diversity", "duplicate_rate", "loss_G", "loss_D")  # what training logs by nimg
 SNAPSHOT_KEY = "samples"  # mlflow.log_image(key=...) of each snapshot's grid
@@ -33,14 +34,8 @@ def _when(ms) -> str:
 
 
 def _scores(tags: dict, prefix: str) -> dict[str, float]:
-    out = {}
-    for k, v in tags.items():
-        if k.startswith(prefix):
-            try:
-                out[k[len(prefix) :]] = float(v)
-            except ValueError:
-                continue
-    return out
+    """The scores recorded as version tags `<prefix><key>` (registration writes them)."""
+    return {k: v for k, v in stored_result(tags, prefix, "").items() if k != "fingerprint"}
 
 
 def describe(mv, aliases: list[str], primary: str) -> dict:

@@ -132,32 +132,32 @@ class Generators:
             raise BadInput("this generator is unconditional: it has no classes")
         return seed, n, psi, integer(class_, "class", 0, G.num_classes)
 
-    def images(self, model: str, seed, n, psi=1.0, class_=None) -> dict:
-        """n images for seeds seed..seed+n-1, each a base64 PNG with its provenance."""
+    def _render(self, model: str, seed, n, psi, class_):
+        """(meta, first seed, psi, the requested class, the classes used, uint8 images) of a request."""
         G, meta = self.meta(model)
         seed, n, psi, class_ = self.request(G, seed, n, psi, class_)
         seeds = list(range(seed, seed + n))
         c = _classes(G, seeds, class_)
-        pixels = render(G, latents(seeds, G.z_dim), psi, c, self.batch_size)
+        return meta, seed, psi, class_, c, render(G, latents(seeds, G.z_dim), psi, c, self.batch_size)
+
+    def images(self, model: str, seed, n, psi=1.0, class_=None) -> dict:
+        """n images for seeds seed..seed+n-1, each a base64 PNG with its provenance."""
+        meta, seed, psi, _, c, pixels = self._render(model, seed, n, psi, class_)
         out = []
         for i, img in enumerate(pixels):
             k = None if c is None else int(c[i])
-            text = provenance(meta, seeds[i], psi, k)
+            text = provenance(meta, seed + i, psi, k)
             png = png_bytes(to_pil(img), text)
-            out.append({"seed": seeds[i], "psi": psi, "class": k, "png": _b64(png), "provenance": text})
+            out.append({"seed": seed + i, "psi": psi, "class": k, "png": _b64(png), "provenance": text})
         return {"model": meta, "images": out}
 
     def grid_png(self, model: str, seed, n, psi=1.0, class_=None) -> bytes:
         """One PNG: the image (n = 1) or the grid of n, with the provenance `ganpipe generate` writes."""
-        G, meta = self.meta(model)
-        seed, n, psi, class_ = self.request(G, seed, n, psi, class_)
-        seeds = range(seed, seed + n)
-        c = _classes(G, seeds, class_)
-        pixels = render(G, latents(seeds, G.z_dim), psi, c, self.batch_size)
-        picture = to_pil(pixels[0]) if n == 1 else grid(pixels)
-        if n == 1 and c is not None:
+        meta, seed, psi, class_, c, pixels = self._render(model, seed, n, psi, class_)
+        if len(pixels) == 1 and c is not None:
             class_ = int(c[0])
-        return png_bytes(picture, provenance(meta, seed, psi, class_, n))
+        picture = to_pil(pixels[0]) if len(pixels) == 1 else grid(pixels)
+        return png_bytes(picture, provenance(meta, seed, psi, class_, len(pixels)))
 
     def interpolation(self, model: str, a, b, frames, psi=1.0, class_=None) -> dict:
         """Frames along the spherical path from seed a's latent to seed b's (one class all along)."""

@@ -182,13 +182,11 @@ def _agreed_resume_point(
     """Where every process starts: rank 0 decides from its own disk (on several machines only rank 0's
     holds the snapshots) and sends the checkpoint to the others."""
     if not world.distributed:
-        return _resume_point(snaps, params, data_sha256, code, resume, force, fresh, world, root)
+        return _resume_point(snaps, params, data_sha256, code, resume, force, fresh, root)
     saved, diff, failure = None, [], None
     if world.main:
         try:
-            saved, diff = _resume_point(
-                snaps, params, data_sha256, code, resume, force, fresh, distributed.World(), root
-            )
+            saved, diff = _resume_point(snaps, params, data_sha256, code, resume, force, fresh, root)
         except Exception as exc:  # the others must not wait for a decision that never comes
             failure = exc
     saved = distributed.share_checkpoint(saved, world, device, failed=failure is not None)
@@ -205,11 +203,10 @@ def _resume_point(
     resume: bool,
     force: bool,
     fresh: bool,
-    world: distributed.World,
     root: Path,
 ) -> tuple[dict | None, list[str]]:
-    """The checkpoint to resume from and how its params differ (None, [] for a fresh run, which clears
-    the work directory of snapshots some other run left)."""
+    """Rank 0's decision: the checkpoint to resume from and how its params differ (None, [] for a fresh
+    run, which clears the work directory of snapshots some other run left)."""
     latest = snaps.latest()
     if resume and latest is not None:
         saved = load_checkpoint(latest)
@@ -219,31 +216,25 @@ def _resume_point(
                 f"resume refused: params differ from {latest.name} ({'; '.join(diff)}); "
                 "use --force to resume with the new values, or train without --resume"
             )
-        world.barrier()
         return saved, diff
     if latest is not None and not resume and not fresh:
         saved, why_not = _resumable(latest, params, data_sha256, code)
         if saved is not None:
-            if world.main:
-                print(
-                    f"resuming at {saved[Key.NIMG] / 1000:g} kimg from {latest.name}, left by a training that "
-                    "died: its params, data and code are today's (`ganpipe train --fresh` or "
-                    "`ganpipe run --force` start over)",
-                    flush=True,
-                )
-            world.barrier()
+            print(
+                f"resuming at {saved[Key.NIMG] / 1000:g} kimg from {latest.name}, left by a training that "
+                "died: its params, data and code are today's (`ganpipe train --fresh` or "
+                "`ganpipe run --force` start over)",
+                flush=True,
+            )
             return saved, []
-        if world.main:
-            print(f"not resuming {latest.name}, left by a training that died: {why_not}; starting over", flush=True)
-    if world.main:
-        if (old_run := abandoned_run_id(snaps.path)) is not None:  # its process died and nobody resumed it
-            tracking.configure(root)
-            if tracking.fail_run_if_running(
-                old_run, "abandoned: its training process died, and a later training started afresh instead of resuming"
-            ):
-                print(f"MLflow run {old_run} of an abandoned training marked FAILED")
-        snaps.clear()  # a fresh run: stale snapshots of another run must not be resumed later
-    world.barrier()
+        print(f"not resuming {latest.name}, left by a training that died: {why_not}; starting over", flush=True)
+    if (old_run := abandoned_run_id(snaps.path)) is not None:  # its process died and nobody resumed it
+        tracking.configure(root)
+        if tracking.fail_run_if_running(
+            old_run, "abandoned: its training process died, and a later training started afresh instead of resuming"
+        ):
+            print(f"MLflow run {old_run} of an abandoned training marked FAILED")
+    snaps.clear()  # a fresh run: stale snapshots of another run must not be resumed later
     return None, []
 
 
