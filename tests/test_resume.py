@@ -62,12 +62,16 @@ def _log(lay):
 
 
 def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(tmp_path):
-    _, straight = _project(tmp_path / "straight", train=RESUME_TRAIN)
+    """The straight run reads its data from memory, the killed and resumed one streams it from the shards
+    (DataLoader workers): the same weights at the end show both exact resume on the streaming path and
+    that streaming trains exactly as the in-memory path does."""
+    _, straight = _project(tmp_path / "straight", train={**RESUME_TRAIN, "data_loading": "memory"})
     p = _ganpipe(straight, "train")
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out
+    assert "training data: memory" in out
 
-    _, lay = _project(tmp_path / "killed", train=RESUME_TRAIN)
+    _, lay = _project(tmp_path / "killed", train={**RESUME_TRAIN, "data_loading": "stream", "data_workers": 2})
     work = work_dir_of(lay.models_dir)
     first = work / "snapshot-000000001600.pt"
     proc = _ganpipe(lay, "train")
@@ -88,6 +92,7 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
     assert resumed.returncode == 0, out
     assert f"resuming at {killed_at['nimg'] / 1000:g} kimg" in out and "left by a training that died" in out
     assert f"resumed at {killed_at['nimg'] / 1000:g} kimg" in out
+    assert "training data: stream (train.data_loading)" in out
 
     a, b = load_checkpoint(straight.models_dir / "last.pt"), load_checkpoint(lay.models_dir / "last.pt")
     assert a["nimg"] == b["nimg"] == TOTAL_IMG

@@ -108,6 +108,13 @@ class TrainParams(_Section):
         ge=0, description="the alarm counts snapshots from here on (G starts as a near-constant map)"
     )
     collapse_action: Literal["stop", "warn"]
+    # how the data is read, not what is learned: both ways give the same training, bit for bit
+    data_loading: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory (the split in one tensor) | stream (a DataLoader over the shards) | auto"
+    )
+    data_gpu_share: float = Field(0.5, gt=0, le=1, description="auto on CUDA: in GPU memory under this share of free")
+    data_memory_mb: float = Field(1024, ge=0, description="auto on CPU: in memory up to this size, else streamed")
+    data_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes when streaming; 0 = in-process")
 
 
 class EvalParams(_Section):

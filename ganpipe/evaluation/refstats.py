@@ -16,6 +16,7 @@ import numpy as np
 from ganpipe.core import cache
 from ganpipe.core.errors import DataError
 from ganpipe.data.prepare import load_split, read_manifest
+from ganpipe.data.shards import Picked
 from ganpipe.evaluation.features import Extractor
 from ganpipe.evaluation.metrics import FeatureSet
 
@@ -54,7 +55,7 @@ def compute_ref_stats(
     arrays = cache.get(CACHE_KIND, key)
     hit = arrays is not None
     if not hit:
-        fs = FeatureSet.from_features(extractor.extract(images[idx], batch_size))
+        fs = FeatureSet.from_features(extractor.extract(Picked(images, idx), batch_size))
         arrays = {"features": fs.features, "mu": fs.mu, "sigma": fs.sigma}
         cache.put(CACHE_KIND, key, arrays)
     ref = RefStats(FeatureSet(arrays["features"], arrays["mu"], arrays["sigma"]), key, from_cache=hit)

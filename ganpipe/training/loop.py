@@ -25,10 +25,11 @@ from ganpipe.core.hashing import code_sha256
 from ganpipe.core.io import atomic_dir
 from ganpipe.core.params import Params, dumped_flat
 from ganpipe.data.prepare import load_split, read_manifest
+from ganpipe.data.shards import ShardedImages
 from ganpipe.nets.checkpoint import load_checkpoint
 from ganpipe.nets.models import generator_config
 from ganpipe.training import augment, distributed
-from ganpipe.training.batches import Batches
+from ganpipe.training.batches import batches_of
 from ganpipe.training.engine import Engine
 from ganpipe.training.outputs import write_outputs
 from ganpipe.training.probes import Probe
@@ -38,6 +39,8 @@ from ganpipe.training.trainer import Trainer, process_seed, resume_from, seed_al
 
 SECTIONS = ("base", "model", "train")  # the params sections this stage reads ...
 PARAMS = (*SECTIONS, "eval.inception_weights")  # ... and the one key beyond them; dvc.yaml lists the same
+# how the data is read: the same training either way (tests/test_streaming.py), so a resume ignores them
+LOADING_KEYS = ("train.data_loading", "train.data_gpu_share", "train.data_memory_mb", "train.data_workers")
 
 
 def num_classes_of(manifest: dict, labels: np.ndarray) -> int:
@@ -58,7 +61,9 @@ def resume_differences(saved: dict, params: Params, data_sha256: str) -> list[st
     now = {**params.flat(*SECTIONS), "data.sha256": data_sha256}
     then = {**dumped_flat(saved[Key.PARAMS], *SECTIONS), "data.sha256": saved[Key.DATA_SHA256]}
     return [
-        f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in sorted(now.keys() | then.keys()) if then.get(k) != now.get(k)
+        f"{k}: {then.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted((now.keys() | then.keys()) - set(LOADING_KEYS))
+        if then.get(k) != now.get(k)
     ]
 
 
@@ -116,9 +121,7 @@ def _train(
     engine = Engine(config, mp.arch, mp.d_channels, tp, device, augment_on, world.distributed)
     if world.rank:
         seed_all(process_seed(base.seed, world.rank))  # each process draws its own latents and augmentations
-    batches = Batches.of(
-        images, labels, bool(num_classes), base.seed, tp.batch_size, world, device, engine.channels_last
-    )
+    batches, loading = batches_of(tp, images, labels, bool(num_classes), base.seed, world, device, engine.channels_last)
     state = TrainState(perm=batches.permutation())
     snaps = Snapshots(work_dir_of(out_dir), tp.keep_snapshots)
     code = code_sha256()
@@ -141,6 +144,7 @@ def _train(
             "git_commit": tracking.git_commit(root),
             "data_dvc_md5": locked_hash(root, os.path.relpath(prepared_dir.resolve(), root.resolve())),
         }
+        print(f"training data: {loading}", flush=True)
         run_ctx = _start_run(params, manifest, saved, diff, len(images), device, augment_on, lineage, root)
     with atomic_dir(out_dir) if rank0 else nullcontext() as tmp, run_ctx or nullcontext() as run:
         record = RunRecord(
@@ -152,8 +156,13 @@ def _train(
             augment={"enabled": augment_on, "policy": list(tp.augment_policy)},
             code_sha256=code,
         )
+        if rank0:
+            mlflow.set_tag("ganpipe.data_loading", loading)
         start_nimg, t_session = trainer.state.nimg, time.perf_counter()
-        trainer.run(record, fresh=saved is None)
+        try:
+            trainer.run(record, fresh=saved is None)
+        finally:
+            batches.close()
         state = trainer.state
         if not rank0:
             return {"rank": world.rank, "kimg": state.nimg / 1000}
@@ -256,7 +265,7 @@ def _resumable(latest: Path, params: Params, data_sha256: str, code: str) -> tup
     return saved, ""
 
 
-def _build_probe(params: Params, images: np.ndarray, data_sha256: str, device: torch.device) -> Probe:
+def _build_probe(params: Params, images: ShardedImages, data_sha256: str, device: torch.device) -> Probe:
     # building a network draws from torch's RNG: fork it, so measuring never changes training
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         tp = params.train

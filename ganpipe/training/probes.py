@@ -26,6 +26,7 @@ import torch
 
 from ganpipe.core import cache
 from ganpipe.core.params import EvalParams
+from ganpipe.data.shards import Picked, ShardedImages
 from ganpipe.evaluation.features import Extractor, build_extractor
 from ganpipe.evaluation.kid import bootstrap_kid, kernel_inception_distance
 from ganpipe.evaluation.manifold import pairwise_distances
@@ -92,7 +93,7 @@ class Probe:
         cls,
         eval_params: EvalParams,
         kid_extractor_name: str,
-        images: np.ndarray,
+        images: ShardedImages | np.ndarray,
         num: int,
         seed: int,
         data_sha256: str,
@@ -103,15 +104,15 @@ class Probe:
         """`num`: images of the quick KID (fakes and reals); `watch_num`: of the collapse watch."""
         watch_idx, kid_idx = real_subset(len(images), watch_num, seed), real_subset(len(images), num, seed)
         watch = build_extractor(eval_params.model_copy(update={"extractor": WATCH_EXTRACTOR}), device)
-        watch_real = watch.extract(np.asarray(images[watch_idx]), batch_size).astype(np.float64)
+        watch_real = watch.extract(Picked(images, watch_idx), batch_size).astype(np.float64)
         if kid_extractor_name == WATCH_EXTRACTOR:
             kid = watch
-            kid_real = watch.extract(np.asarray(images[kid_idx]), batch_size).astype(np.float64)
+            kid_real = watch.extract(Picked(images, kid_idx), batch_size).astype(np.float64)
         else:
             kid = build_extractor(eval_params.model_copy(update={"extractor": kid_extractor_name}), device)
             key = {"data_sha256": data_sha256, "subset_seed": seed, "num": len(kid_idx), **kid.fingerprint()}
             if (hit := cache.get(CACHE_KIND, key)) is None:
-                hit = {"features": kid.extract(np.asarray(images[kid_idx]), batch_size)}
+                hit = {"features": kid.extract(Picked(images, kid_idx), batch_size)}
                 cache.put(CACHE_KIND, key, hit)
             kid_real = hit["features"].astype(np.float64)
         seeds = list(range(PROBE_SEED0, PROBE_SEED0 + max(watch_num, num)))
