@@ -63,20 +63,36 @@ def plain_loop(folder: Path, resolution: int, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of pid and all its descendants (Linux /proc)."""
-    total, todo = 0, [pid]
+def _tree_pids(pid: int) -> list[int]:
+    """pid and all its descendants (Linux /proc)."""
+    pids, todo = [], [pid]
     while todo:
         p = todo.pop()
         try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
             for t in os.listdir(f"/proc/{p}/task"):
                 todo += [int(c) for c in open(f"/proc/{p}/task/{t}/children").read().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-    return total
+            continue
+        pids.append(p)
+    return pids
+
+
+def _proc_kib(path: str, field: str) -> int:
+    try:
+        return next((int(x.split()[1]) for x in open(path) if x.startswith(field)), 0)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of pid and all its descendants (pages shared between them count once per process)."""
+    return sum(_proc_kib(f"/proc/{p}/status", "VmRSS:") for p in _tree_pids(pid)) * 1024
+
+
+def _tree_pss(pid: int) -> int:
+    """Proportional set size of pid and its descendants: each shared page split among its sharers, so the
+    sum is the tree's real memory (a forked worker's copy-on-write pages are not counted twice)."""
+    return sum(_proc_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in _tree_pids(pid)) * 1024
 
 
 def run_prepare(project: Path, data: dict) -> tuple[float, int, int, dict]:
@@ -100,14 +116,8 @@ def run_prepare(project: Path, data: dict) -> tuple[float, int, int, dict]:
         nonlocal peak, peak_main
         while not done.is_set():
             peak = max(peak, _tree_rss(proc.pid))
-            peak_main = max(peak_main, _tree_rss_single(proc.pid))
+            peak_main = max(peak_main, _proc_kib(f"/proc/{proc.pid}/status", "VmRSS:") * 1024)
             time.sleep(0.05)
-
-    def _tree_rss_single(pid):
-        try:
-            return next(int(x.split()[1]) * 1024 for x in open(f"/proc/{pid}/status") if x.startswith("VmRSS:"))
-        except (FileNotFoundError, StopIteration):
-            return 0
 
     th = threading.Thread(target=sample)
     th.start()

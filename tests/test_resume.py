@@ -92,7 +92,7 @@ def test_killed_run_resumes_to_bitwise_the_same_weights_in_the_same_mlflow_run(t
     assert resumed.returncode == 0, out
     assert f"resuming at {killed_at['nimg'] / 1000:g} kimg" in out and "left by a training that died" in out
     assert f"resumed at {killed_at['nimg'] / 1000:g} kimg" in out
-    assert "training data: stream (train.data_loading)" in out
+    assert "training data: stream (train.data_loading) with 2 DataLoader workers" in out
 
     a, b = load_checkpoint(straight.models_dir / "last.pt"), load_checkpoint(lay.models_dir / "last.pt")
     assert a["nimg"] == b["nimg"] == TOTAL_IMG

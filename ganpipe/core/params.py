@@ -114,7 +114,16 @@ class TrainParams(_Section):
     )
     data_gpu_share: float = Field(0.5, gt=0, le=1, description="auto on CUDA: in GPU memory under this share of free")
     data_memory_mb: float = Field(1024, ge=0, description="auto on CPU: in memory up to this size, else streamed")
-    data_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes when streaming; 0 = in-process")
+    data_workers: Literal["auto"] | int = Field(
+        "auto", description="DataLoader worker processes when streaming; 0 = in-process; auto: 0 on CPU, 4 on CUDA"
+    )
+
+    @field_validator("data_workers")
+    @classmethod
+    def _workers_in_range(cls, v: str | int) -> str | int:
+        if v != "auto" and not 0 <= v <= 64:
+            raise ValueError("must be auto or 0..64")
+        return v
 
 
 class EvalParams(_Section):

@@ -18,6 +18,8 @@ Two ways to get the images of a batch, with the same order and so the same train
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -29,6 +31,13 @@ from ganpipe.training.engine import Batch
 from ganpipe.training.state import TrainState
 
 PREFETCH_BATCHES = 2  # per worker
+CUDA_WORKERS = 4  # train.data_workers: auto on CUDA (on CPU: none, bench/data_scale.py)
+
+
+def workers_of(tp: TrainParams, device: torch.device) -> int:
+    if tp.data_workers != "auto":
+        return tp.data_workers
+    return min(CUDA_WORKERS, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
 def loading_of(tp: TrainParams, nbytes: int, device: torch.device) -> str:
@@ -61,7 +70,8 @@ def batches_of(
     shuffle = torch.Generator().manual_seed(seed)
     args = (conditional, shuffle, tp.batch_size, world, device, channels_last)
     if how.startswith("stream"):
-        return StreamedBatches(images, labels, *args, workers=tp.data_workers), how
+        workers = workers_of(tp, device)
+        return StreamedBatches(images, labels, *args, workers=workers), f"{how} with {workers} DataLoader workers"
     x = torch.from_numpy(np.asarray(images))
     if device.type == "cuda" and x.nbytes < tp.data_gpu_share * torch.cuda.mem_get_info(device)[0]:
         x = x.to(device)
