@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from ganpipe.core.environment import quiet_telemetry, refuse_pickles
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what to run again under a launcher
     args.layout = layout(args.project_dir)
     if args.command == "generate" and (args.n < 1 or not 0 < args.psi <= 2 or args.frames < 2 or args.walk < 0):
         print("ganpipe: error: need -n >= 1, 0 < --psi <= 2, --frames >= 2, --walk >= 0", file=sys.stderr)

@@ -68,8 +68,13 @@ def cmd_ref_stats(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from ganpipe.training.distributed import torchrun_command
     from ganpipe.training.loop import train
     from ganpipe.training.snapshots import FRESH_ENV, RESUME_ENV
+
+    if (launcher := torchrun_command(args.argv)) is not None:  # $GANPIPE_TORCHRUN: one of several processes
+        print("ganpipe train: under torchrun: " + " ".join(launcher[3:]), flush=True)
+        os.execv(launcher[0], launcher)
 
     resume = args.resume or os.environ.get(RESUME_ENV) == "1"
     fresh = args.fresh or os.environ.get(FRESH_ENV) == "1"

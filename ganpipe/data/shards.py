@@ -68,7 +68,9 @@ class ShardWriter:
 
 
 RELEASE_BYTES = 64 << 20  # mapped pages read between two releases
-FAULT_BYTES = 64 << 10  # what one read may map: Linux maps up to 16 cached pages around a fault
+# What reading one image may map: a fault maps the page cache's folio around it, up to 2 MiB (measured
+# here: 1.36 MB more resident per random 12 KB image, ext4 with 8 MB readahead). Releasing costs 50 us.
+FAULT_BYTES = 2 << 20
 
 
 class ShardedImages:

@@ -35,9 +35,14 @@ CUDA_WORKERS = 4  # train.data_workers: auto on CUDA (on CPU: none, bench/data_s
 
 
 def workers_of(tp: TrainParams, device: torch.device) -> int:
+    """DataLoader workers of this process: train.data_workers, or for auto none on CPU and on CUDA up
+    to CUDA_WORKERS from the cores this machine's training processes share."""
     if tp.data_workers != "auto":
         return tp.data_workers
-    return min(CUDA_WORKERS, os.cpu_count() or 1) if device.type == "cuda" else 0
+    if device.type != "cuda":
+        return 0
+    per_process = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(CUDA_WORKERS, per_process - 1))
 
 
 def loading_of(tp: TrainParams, nbytes: int, device: torch.device) -> str:

@@ -8,12 +8,19 @@ machine holds the snapshots, so rank 0 sends the one to resume from (`share_chec
 that waits longer than GANPIPE_DIST_TIMEOUT_S (default 600 s, torch's own is 30 min) fails the process;
 it must exceed the longest stretch rank 0 works alone while the others wait: a snapshot (grid, probe,
 checkpoint, MLflow logging).
+
+$GANPIPE_TORCHRUN holds torchrun's options for `ganpipe train` to run itself under (`torchrun_command`):
+so the DVC stage (`cmd: ganpipe train`) and the Prefect flow's train task, with its retries, start a
+multi-process or multi-machine training unchanged, e.g. on the flow's machine, node 0 of two,
+GANPIPE_TORCHRUN="--nnodes 2 --nproc-per-node 1 --node-rank 0 --master-addr trainer-1 --master-port 29400".
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shlex
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -25,6 +32,16 @@ from ganpipe.core.errors import ConfigError
 
 TIMEOUT_ENV = "GANPIPE_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
+LAUNCH_ENV = "GANPIPE_TORCHRUN"
+
+
+def torchrun_command(argv: list[str]) -> list[str] | None:
+    """The command that runs `ganpipe <argv>` under torchrun with $GANPIPE_TORCHRUN's options; None when
+    that is unset or this process is already one of torchrun's workers."""
+    options = shlex.split(os.environ.get(LAUNCH_ENV, ""))
+    if not options or "RANK" in os.environ:
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", *options, "-m", "ganpipe", *argv]
 
 
 @dataclass(frozen=True)
