@@ -205,6 +205,12 @@ def speed(work: Path, kimg: float, rounds: int) -> dict:
     return out
 
 
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=202021, help="images in the folder (1%% held out: 200k train)")
@@ -212,7 +218,11 @@ def main() -> None:
     ap.add_argument("--train-kimg", type=float, default=10.0)
     ap.add_argument("--speed-kimg", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument(
+        "--parts",
+        default="speed,scale",
+        help="speed, scale or both; a part run alone replaces that part in today's result file",
+    )
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
 
@@ -220,17 +230,22 @@ def main() -> None:
     os.environ["GANPIPE_CACHE_DIR"] = str(work / "cache")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        result = {
-            "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "budget": {"peak_tree_rss_mib_under": 1536, "stream_to_memory_at_least": 0.9},
-        }
-        result["speed_digits_32px"] = speed(work, args.speed_kimg, args.rounds)
-        if not args.skip_scale:
+        out = Path(args.out) / f"data_scale-cpu-{date.today().isoformat()}.json"
+        result = json.loads(out.read_text()) if out.exists() else {}
+        result.update(
+            date=date.today().isoformat(),
+            machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
+            budget={"peak_tree_rss_bytes_under": 1.5e9, "stream_to_memory_at_least": 0.9},
+        )
+        parts = args.parts.split(",")
+        if "speed" in parts:
+            result["speed_digits_32px"] = speed(work, args.speed_kimg, args.rounds)
+            result["speed_digits_32px"]["commit"] = _commit()
+        if "scale" in parts:
             result["scale"] = scale(work, args.images, args.resolution, args.train_kimg)
+            result["scale"]["commit"] = _commit()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out) / f"data_scale-cpu-{date.today().isoformat()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "scale"}, indent=2))
     print(f"written {out}")
