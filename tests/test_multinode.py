@@ -20,6 +20,7 @@ from tests.conftest import copy_project, free_port, mlflow_client
 pytestmark = pytest.mark.slow  # several processes training: `make test`, not `make test-fast`
 
 LONG = 8.0  # kimg: long enough that a node is killed mid-training
+TRAIN_LONG = {"total_kimg": LONG, "snapshot_kimg": 0.256, "collapse_after_kimg": 1000.0}
 TIMEOUT_S = 30  # the collectives' timeout (GANPIPE_DIST_TIMEOUT_S): the longest a survivor waits for a dead node
 
 
@@ -35,7 +36,7 @@ def _checkouts(_trained_once, tmp_path, total_kimg: float):
         copy = copy_project(lay.root, tmp_path / name / "project")
         shutil.rmtree(copy.models_dir)
         raw = yaml.safe_load(copy.params_path.read_text())
-        raw["train"].update(total_kimg=total_kimg, snapshot_kimg=0.256, collapse_after_kimg=1000.0)
+        raw["train"].update({**TRAIN_LONG, "total_kimg": total_kimg})
         copy.params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         out.append(copy)
     return out
@@ -98,16 +99,27 @@ def test_two_nodes_rendezvous_train_and_rank_0_alone_writes(_trained_once, tmp_p
     assert len(client.get_metric_history(trained[0].info.run_id, "quick_kid")) >= 1
 
 
-def test_a_dead_node_fails_the_flows_training_and_its_retry_resumes_on_both_nodes(_trained_once, tmp_path):
+def test_a_dead_node_fails_the_flows_training_and_its_retry_resumes_on_both_nodes(
+    _trained_once, reproduced_project, tmp_path
+):
     """The flow (`ganpipe run`) on node 0 trains under torchrun ($GANPIPE_TORCHRUN, static rendezvous: the
     flow's machine is rank 0 and holds the snapshots); node 1 runs its launcher. Node 1 dies: node 0's
     training fails at once (gloo sees its connections close; a node that hangs with its connections open
     is not handled yet), the flow's train task is retried, node 1 is started again, and the job resumes
     from node 0's snapshot on both nodes; the flow goes on to evaluate and register."""
+    import yaml
+
+    from ganpipe.core.paths import layout
     from ganpipe.nets.checkpoint import load_checkpoint
     from ganpipe.training.distributed import LAUNCH_ENV
 
-    nodes = _checkouts(_trained_once, tmp_path, total_kimg=LONG)
+    # node 0: a git + DVC project after `dvc repro` (v1 registered), now with a longer training; node 1:
+    # a checkout with the same params and data
+    node_0 = layout(reproduced_project)
+    raw = yaml.safe_load(node_0.params_path.read_text())
+    raw["train"].update(TRAIN_LONG)
+    node_0.params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    nodes = [node_0, _checkouts(_trained_once, tmp_path, total_kimg=LONG)[1]]
     port = free_port()
 
     def static(rank: int) -> list[str]:
@@ -126,8 +138,14 @@ def test_a_dead_node_fails_the_flows_training_and_its_retry_resumes_on_both_node
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(flow.stdout), daemon=True)
     reader.start()
-    node_1 = _launch(nodes[1], static(1))
+    node_1 = None
     try:
+        deadline = time.monotonic() + 300
+        while not any("ganpipe train: under torchrun" in line for line in lines):  # prepare, ref-stats: up to date
+            assert flow.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "the flow did not reach its train stage in 300 s"
+            time.sleep(0.2)
+        node_1 = _launch(nodes[1], static(1))
         deadline = time.monotonic() + 300
         while len(list((nodes[0].root / "models.partial").glob("snapshot-*.pt"))) < 2:
             assert flow.poll() is None and node_1.poll() is None, "".join(lines)[-3000:]
@@ -146,17 +164,20 @@ def test_a_dead_node_fails_the_flows_training_and_its_retry_resumes_on_both_node
         out_1 = node_1.communicate(timeout=120)[0]
     finally:
         for p in (flow, node_1):
-            if p.poll() is None:
+            if p is not None and p.poll() is None:
                 _machine_dies(p.pid)
     out = "".join(lines)
     assert flow.returncode == 0 and node_1.returncode == 0, out[-3000:] + out_1[-2000:]
     assert took < TIMEOUT_S + 60, f"node 0 took {took:.0f} s to give up"
-    assert "the training process died" in out and f"trained {LONG:g} kimg (resumed at" in out
+    assert "lost a process of its job" in out and f"trained {LONG:g} kimg (resumed at" in out
     ckpt = load_checkpoint(nodes[0].models_dir / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["nimg"] == int(LONG * 1000)
     assert not (nodes[1].root / "models.partial").exists() and not nodes[1].run_info_path.exists()
     client = mlflow_client(nodes[0].root)
     run = client.get_run(ckpt["mlflow_run_id"])
     assert run.info.status == "FINISHED" and "ganpipe.resumed_at_kimg" in run.data.tags  # one run, resumed
+    assert run.data.tags["ganpipe.interrupted"].startswith("lost a process of the job")  # the crash, as history
+    assert "ganpipe.crashed" not in run.data.tags
     name = _trained_once[0].registry.model_name
-    assert [v.run_id for v in client.search_model_versions(f"name='{name}'")] == [run.info.run_id]
+    versions = client.search_model_versions(f"name='{name}'")
+    assert max(versions, key=lambda v: int(v.version)).run_id == run.info.run_id  # registered through the gate

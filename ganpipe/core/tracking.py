@@ -157,6 +157,21 @@ def log_skipped_run(root: str | Path, experiment: str, reason: str, markdown: st
     return run.info.run_id
 
 
+CRASH_TAG = "ganpipe.crashed"  # a training that lost a process of its job ended its run with this: a crash
+
+
+def crashed(run_id: str, message: str) -> bool:
+    """Whether a training's run ended as a crash, worth a retry that resumes: its process died and left it
+    RUNNING (marked FAILED here, `message` as tag ganpipe.failure), or it lost a process of a
+    multi-process job and said so with CRASH_TAG. Not a training that failed on its own (diverged)."""
+    if fail_run_if_running(run_id, message):
+        return True
+    try:
+        return CRASH_TAG in MlflowClient().get_run(run_id).data.tags
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def fail_run_if_running(run_id: str, message: str) -> bool:
     """Mark a run that its process left RUNNING (killed, out of memory) as FAILED, with the reason as
     tag `ganpipe.failure`; True when it did. A resumed training reopens the same run."""

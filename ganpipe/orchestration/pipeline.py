@@ -48,9 +48,10 @@ class StageFailed(DvcFailed):
 
 
 class TrainingCrashed(StageFailed):
-    """The training process died without ending its MLflow run (killed, out of memory, preempted):
-    worth a retry, which resumes. A training that failed on its own (diverged, collapsed, bad input)
-    ended its run FAILED and is not retried."""
+    """The training process died without ending its MLflow run (killed, out of memory, preempted), or
+    a multi-process training lost one of its processes (another machine died): worth a retry, which
+    resumes. A training that failed on its own (diverged, collapsed, bad input) ended its run FAILED and
+    is not retried."""
 
 
 def _retry_if_crashed(task, task_run, state) -> bool:
@@ -115,9 +116,9 @@ def train_stage(project_dir: str, force: bool, slot: str, lease_s: int) -> None:
             run_id = abandoned_run_id(work_dir_of(layout(project_dir).models_dir))
             if run_id:
                 tracking.configure(project_dir)
-                if tracking.fail_run_if_running(run_id, f"{exc}; the process died or was killed"):
+                if tracking.crashed(run_id, f"{exc}; the process died or was killed"):
                     raise TrainingCrashed(
-                        f"{exc}; the training process died (MLflow run {run_id} marked "
+                        f"{exc}; the training process died or lost a process of its job (MLflow run {run_id} "
                         "FAILED); a retry resumes from the newest snapshot"
                     ) from None
             raise

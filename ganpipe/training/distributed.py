@@ -78,6 +78,18 @@ class World:
         return bool(t.item())
 
 
+# what torch's collectives say when another process of the job is gone or does not answer (gloo raises
+# plain RuntimeErrors; NCCL, the store and the network raise DistError's subclasses)
+LOST_PROCESS_SIGNS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "timed out")
+
+
+def lost_process(exc: BaseException) -> bool:
+    """Whether an exception of a multi-process training says that another process of the job is lost."""
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in LOST_PROCESS_SIGNS)
+    )
+
+
 def setup(device_name: str) -> tuple[World, torch.device]:
     """The process's world and device; joins the process group when launched by torchrun."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -161,6 +161,10 @@ def _train(
         start_nimg, t_session = trainer.state.nimg, time.perf_counter()
         try:
             trainer.run(record, fresh=saved is None)
+        except Exception as exc:
+            if rank0 and world.distributed and distributed.lost_process(exc):  # a crash: the flow retries it
+                mlflow.set_tag(tracking.CRASH_TAG, f"lost a process of the job: {str(exc)[:500]}")
+            raise
         finally:
             batches.close()
         state = trainer.state
@@ -296,10 +300,13 @@ def _start_run(
         else:
             run = mlflow.start_run(run_id=run_id)
             mlflow.set_tag("ganpipe.resumed_at_kimg", f"{saved[Key.NIMG] / 1000:g}")
-            failure = run.data.tags.get("ganpipe.failure") if run.data else None
+            tags = run.data.tags if run.data else {}
+            failure = tags.get("ganpipe.failure") or tags.get(tracking.CRASH_TAG)
             if failure:  # what the orchestrator noted when the process died: history, no longer the state
                 mlflow.set_tag("ganpipe.interrupted", failure)
-                mlflow.tracking.MlflowClient().delete_tag(run.info.run_id, "ganpipe.failure")
+                for key in ("ganpipe.failure", tracking.CRASH_TAG):
+                    if key in tags:
+                        mlflow.tracking.MlflowClient().delete_tag(run.info.run_id, key)
             if diff:
                 mlflow.set_tag("ganpipe.resumed_with_changes", "; ".join(diff)[:5000])
             return run
