@@ -230,7 +230,10 @@ def main() -> None:
     os.environ["GANPIPE_CACHE_DIR"] = str(work / "cache")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        out = Path(args.out) / f"data_scale-cpu-{date.today().isoformat()}.json"
+        import torch
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"  # base.device: auto trains on CUDA when there is one
+        out = Path(args.out) / f"data_scale-{kind}-{date.today().isoformat()}.json"
         result = json.loads(out.read_text()) if out.exists() else {}
         result.update(
             date=date.today().isoformat(),

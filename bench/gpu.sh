@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark, one prepared script for a lent GPU machine (see bench/gpu_speed.py):
 # images/s of DCGAN-64 and ResNet-32 in fp32, bf16 and bf16 + torch.compile, FLOP/s and the fraction
-# of the GPU's bf16 peak; then `ganpipe train` end to end on the digits for the whole-loop figure.
+# of the GPU's bf16 peak; then `ganpipe train` end to end on the digits for the whole-loop figure, and
+# training with the split in GPU memory vs streamed by a DataLoader (pinned memory, 2 and 0 workers).
 #   bash bench/gpu.sh [OUT_DIR]      (results: OUT_DIR, default bench/results)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +17,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
 "$py" bench/gpu_speed.py --out "$out"
 "$py" bench/train_speed.py --device cuda --kimg 200 --repeats 2 --out "$out"
+"$py" bench/data_scale.py --parts speed --rounds 2 --out "$out"
