@@ -70,6 +70,7 @@ def test_repro_twice_reruns_nothing_and_a_train_param_reruns_only_downstream(_re
     assert "Data and pipelines are up to date" in run(dvc + ["status"], project).stdout
 
 
+@pytest.mark.slow  # `dvc repro` processes: `make test`, not the in-process inner loop
 def test_a_new_image_in_the_folder_reruns_prepare(project):
     """data.path is a dependency: DVC hashes the user's images, so adding one makes prepare stale."""
     import numpy as np

@@ -85,6 +85,7 @@ def test_the_guard_names_what_differs():
     check_comparable(a, dict(a))
 
 
+@pytest.mark.slow  # `ganpipe evaluate` processes: `make test`, not the in-process inner loop
 def test_cli_scores_any_model_and_compare_refuses_other_protocols(trained_project, tmp_path, run_cli):
     p, lay = trained_project
     base = [sys.executable, "-m", "ganpipe", "-C", str(lay.root)]
@@ -116,6 +117,7 @@ def test_unknown_metric_in_params_is_a_config_error():
 
 
 @pytest.mark.inception
+@pytest.mark.slow  # the real InceptionV3 through two libraries (50 s): `make test`
 def test_agreement_with_torch_fidelity_on_the_same_images(trained_project, tmp_path):
     """Same images, same weights: our FID and KID equal torch-fidelity's `calculate_metrics`.
 

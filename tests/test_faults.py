@@ -206,6 +206,7 @@ def test_a_dead_holders_lease_is_released_and_a_waiting_run_says_who_holds_the_s
         client.delete_global_concurrency_limit_by_name(name)
 
 
+@pytest.mark.slow  # starts ganpipe's temporary Prefect server (20 s): `make test`
 def test_the_lease_is_renewed_on_ganpipes_temporary_server(monkeypatch, capsys):
     """The renewal runs in a thread: it must talk to the server that granted the lease (a plain thread
     lost the temporary server's URL and renewed against a temporary server of Prefect's own: 410 Gone)."""

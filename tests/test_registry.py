@@ -182,6 +182,7 @@ def test_champion_loads_without_pickle_and_generates_like_the_checkpoint(trained
     assert np.array_equal(images, expected)  # same weights, seeds, pixels
 
 
+@pytest.mark.slow  # three `ganpipe generate` processes (the point: the same image in each): `make test`
 def test_generate_cli_same_seed_same_image(trained_project, tmp_path, run_cli):
     p, lay = trained_project
     _evaluate(p, lay)

@@ -74,6 +74,7 @@ for i in range(rounds):
 """
 
 
+@pytest.mark.slow  # two training processes: `make test`, not the in-process inner loop
 def test_trainings_of_the_same_data_starting_at_once_both_log_it(tmp_path, monkeypatch):
     # a parallel sweep: MLflow's insert-if-missing of the dataset races between the two processes
     import time

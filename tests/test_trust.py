@@ -22,6 +22,7 @@ from ganpipe.core.hashing import file_sha256
 from ganpipe.core.images import provenance, save_png
 from ganpipe.nets.checkpoint import G_EMA, GENERATOR_CONFIG, load_checkpoint
 from ganpipe.registry.refs import WEIGHTS_SHA256_TAG
+from tests.conftest import copy_project
 
 MARKER_ENV = "GANPIPE_TEST_MARKER"
 # A pyfunc whose file, when executed, leaves a marker: what an attacker who can log a run would ship.
@@ -36,31 +37,44 @@ mlflow.models.set_model(Evil())
 """
 
 
-@pytest.fixture
-def planted(trained_project, tmp_path, monkeypatch):
-    """The trained project with three models that carry code: a run of the project's own experiment, a
-    run of another experiment, and a version of another registered model; each with real weights."""
-    p, lay = trained_project
+@pytest.fixture(scope="module")
+def _planted_once(_trained_once, tmp_path_factory):
+    """A copy of the trained project with three models that carry code: a run of the project's own
+    experiment, a run of another experiment, and a version of another registered model; each with real
+    weights. Planted once for this module (logging two pyfunc models takes seconds); the tests only read it."""
+    p, trained = _trained_once
+    lay = copy_project(trained.root, tmp_path_factory.mktemp("planted") / "project")
     ckpt = load_checkpoint(lay.checkpoint_path)
-    files = tmp_path / "files"
-    files.mkdir()
+    files = tmp_path_factory.mktemp("planted-files")
     save_file({k: v.contiguous() for k, v in ckpt[G_EMA].items()}, files / "generator.safetensors")
     (files / "config.json").write_text(json.dumps(ckpt[GENERATOR_CONFIG]))
     entry = files / "evil_entry.py"
     entry.write_text(EVIL_ENTRY)
-    monkeypatch.setenv(MARKER_ENV, str(tmp_path / "logging-ran-it"))  # MLflow runs the file when logging it
-    tracking.configure(lay.root)
     runs = {}
-    for key, experiment, registered in (("own", p.base.experiment, None), ("foreign", "someone-else", "evil-model")):
-        exp_id = tracking.experiment_id(experiment, lay.root)
-        with mlflow.start_run(experiment_id=exp_id) as run:
-            mlflow.pyfunc.log_model(
-                name="generator",
-                python_model=str(entry),
-                artifacts={"weights": str(files / "generator.safetensors"), "config": str(files / "config.json")},
-                registered_model_name=registered,
-            )
-        runs[key] = run.info.run_id
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MARKER_ENV, str(files / "logging-ran-it"))  # MLflow runs the file when logging it
+        tracking.configure(lay.root)
+        for key, experiment, registered in (
+            ("own", p.base.experiment, None),
+            ("foreign", "someone-else", "evil-model"),
+        ):
+            exp_id = tracking.experiment_id(experiment, lay.root)
+            with mlflow.start_run(experiment_id=exp_id) as run:
+                mlflow.pyfunc.log_model(
+                    name="generator",
+                    python_model=str(entry),
+                    artifacts={"weights": str(files / "generator.safetensors"), "config": str(files / "config.json")},
+                    registered_model_name=registered,
+                )
+            runs[key] = run.info.run_id
+    return p, lay, runs
+
+
+@pytest.fixture
+def planted(_planted_once, tmp_path, monkeypatch):
+    """The planted project, with a marker file of this test's own that the stored code would write."""
+    p, lay, runs = _planted_once
+    tracking.configure(lay.root)  # another test of this process may have pointed MLflow elsewhere
     marker = tmp_path / "marker"
     monkeypatch.setenv(MARKER_ENV, str(marker))
     return p, lay, runs, marker
