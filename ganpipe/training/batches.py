@@ -45,14 +45,20 @@ def workers_of(tp: TrainParams, device: torch.device) -> int:
     return max(1, min(CUDA_WORKERS, per_process - 1))
 
 
+def fits_gpu(tp: TrainParams, nbytes: int, device: torch.device) -> tuple[bool, float]:
+    """Whether `nbytes` fit train.data_gpu_share of the GPU's free memory, and that free memory in MB."""
+    free = torch.cuda.mem_get_info(device)[0]
+    return nbytes < tp.data_gpu_share * free, free / 2**20
+
+
 def loading_of(tp: TrainParams, nbytes: int, device: torch.device) -> str:
     """'memory' or 'stream' for a split of `nbytes`, with the reason: what `train.data_loading` chose."""
     if tp.data_loading != "auto":
         return f"{tp.data_loading} (train.data_loading)"
     mb = nbytes / 2**20
     if device.type == "cuda":
-        free_mb = torch.cuda.mem_get_info(device)[0] / 2**20
-        if nbytes < tp.data_gpu_share * free_mb * 2**20:
+        fits, free_mb = fits_gpu(tp, nbytes, device)
+        if fits:
             return f"memory (the split's {mb:.0f} MB fit train.data_gpu_share of {free_mb:.0f} MB free on the GPU)"
         return f"stream (the split's {mb:.0f} MB exceed train.data_gpu_share of {free_mb:.0f} MB free on the GPU)"
     if mb <= tp.data_memory_mb:
@@ -78,7 +84,7 @@ def batches_of(
         workers = workers_of(tp, device)
         return StreamedBatches(images, labels, *args, workers=workers), f"{how} with {workers} DataLoader workers"
     x = torch.from_numpy(np.asarray(images))
-    if device.type == "cuda" and x.nbytes < tp.data_gpu_share * torch.cuda.mem_get_info(device)[0]:
+    if device.type == "cuda" and fits_gpu(tp, x.nbytes, device)[0]:
         x = x.to(device)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(x.device)
     return Batches(x, y, *args), how
@@ -176,10 +182,10 @@ class StreamedBatches(Batches):
         super().__init__(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), *args)
         self.num_images, self.workers = len(images), workers
         self.dataset = _Gather(images, labels)
-        self._it, self._at = None, None  # the loader's iterator and the (perm, pos) it is at
+        self._it, self._at = None, None  # the loader's iterator and the (perm, pos) it is at (None: none yet)
 
     def next(self, state: TrainState) -> Batch:
-        if self._it is None or self._at is None or self._at[0] is not state.perm or self._at[1] != state.pos:
+        if self._at is None or self._at[0] is not state.perm or self._at[1] != state.pos:  # new, resumed, rolled back
             self._restart(state)
         idx = self.advance(state)
         got, x, y = next(self._it)
