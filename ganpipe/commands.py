@@ -220,7 +220,8 @@ def _flow_context(args, flow_module: str):
     SIGTERM handled like Ctrl-C, heartbeats."""
     import importlib
 
-    from ganpipe.orchestration.tempserver import interrupts_raise, prefect_api
+    from ganpipe.core.processes import interrupts_raise
+    from ganpipe.orchestration.tempserver import prefect_api
 
     with prefect_api(lambda: importlib.import_module(flow_module)), interrupts_raise(), _heartbeats(args):
         yield

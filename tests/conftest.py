@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import http.client
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sessions import once_per_session
+from tests.sessions import keep_prefect_template, once_per_session, seed_prefect_home
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def tiny_params_dict(**section_overrides: dict) -> dict:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _quiet_env(tmp_path_factory):
+def _quiet_env(tmp_path_factory, pytestconfig):
     # A private cache (reference statistics, generated features): runs do not see each other's entries.
     os.environ["GANPIPE_CACHE_DIR"] = str(tmp_path_factory.mktemp("ganpipe-cache"))
     os.environ["GANPIPE_DVC_REMOTE"] = str(tmp_path_factory.mktemp("dvc-remote"))  # where flows push data
@@ -96,6 +97,10 @@ def _quiet_env(tmp_path_factory):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     # Stage commands run as `ganpipe ...` from DVC: resolve them in this interpreter's environment.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    # Prefect's database at its schema head, for this process's PREFECT_HOME (the temporary servers of the
+    # `ganpipe run`s it starts), the harness and the tests' own homes (`seed_prefect_home`)
+    keep_prefect_template(Path(pytestconfig.cache.mkdir("ganpipe-prefect-db")))
+    seed_prefect_home(Path(os.environ["PREFECT_HOME"]))
     yield
 
 
@@ -303,9 +308,16 @@ def conditional_project(_conditional_once, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
+    """Prefect's test harness (its API server in a subprocess on a temporary SQLite database), started
+    on a copy of the migrated database: the harness names its directory with `mkdtemp()`, given here."""
+    from unittest import mock
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from prefect.testing import utilities
+
+    directory = seed_prefect_home(Path(tempfile.mkdtemp(prefix="ganpipe-test-harness-")), "prefect-test.db")
+    with contextlib.ExitStack() as stack:
+        with mock.patch.object(utilities, "mkdtemp", lambda: str(directory)):
+            stack.enter_context(utilities.prefect_test_harness(server_startup_timeout=120))
         yield
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 
 def once_per_session(tmp_path_factory, name: str, build):
@@ -23,3 +27,46 @@ def once_per_session(tmp_path_factory, name: str, build):
             tmp.write_text(json.dumps(result))
             tmp.replace(done)
     return json.loads(done.read_text())
+
+
+PREFECT_DB = "prefect.db"  # the database file Prefect's default URL names under PREFECT_HOME
+_prefect_template: list[Path] = []  # set once per test process by `keep_prefect_template`
+
+
+def keep_prefect_template(cache_dir: Path) -> Path:
+    """A Prefect SQLite database already migrated to the installed Prefect's schema head, built once and
+    kept across test sessions (in pytest's cache directory, by Prefect's version). A new database runs
+    Prefect's 100+ migrations on its first start: ~8 s of each test server's start on 2 cores, paid by
+    every test process's harness and every test's own PREFECT_HOME. Copies start at the head."""
+    import prefect
+    from filelock import FileLock
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    template = cache_dir / f"prefect-{prefect.__version__}.db"
+    with FileLock(str(template) + ".lock"):
+        if not template.exists():
+            tmp = template.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            env = {
+                **os.environ,
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp}",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            }
+            env.pop("PREFECT_API_URL", None)
+            subprocess.run(
+                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            tmp.replace(template)
+    _prefect_template[:] = [template]
+    return template
+
+
+def seed_prefect_home(home: Path, name: str = PREFECT_DB) -> Path:
+    """`home` (a PREFECT_HOME, or the harness's database directory) with a migrated database in it."""
+    home.mkdir(parents=True, exist_ok=True)
+    if _prefect_template:
+        shutil.copyfile(_prefect_template[0], home / name)
+    return home

@@ -18,6 +18,7 @@ from uuid import UUID
 import pytest
 
 from tests.conftest import make_project, tiny_params_dict
+from tests.sessions import seed_prefect_home
 
 # snapshots every 1.6 kimg, and many seconds of training after the third: each kill lands mid-training
 TRAIN = {"total_kimg": 16.0, "snapshot_kimg": 1.6, "keep_snapshots": 2, "collapse_after_kimg": 1000.0}
@@ -100,7 +101,7 @@ def test_killed_sweeps_and_runs_never_block_or_mislead_the_next_run_which_resume
 
     raw = tiny_params_dict(train=TRAIN, sweep={"grid": {"train.lr": [0.0001, 0.0003]}, "candidates": []})
     project = make_project(tmp_path / "project", raw)
-    home = tmp_path / "prefect-home"
+    home = seed_prefect_home(tmp_path / "prefect-home")
     env = _env(home)
     params, journal = project / "params.yaml", project / ".dvc" / "tmp" / "ganpipe-sweep.json"
     original = params.read_bytes()

@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from tests.conftest import copy_project, free_port, mlflow_client
+from tests.sessions import seed_prefect_home
 
 pytestmark = pytest.mark.slow  # several processes training: `make test`, not `make test-fast`
 
@@ -125,7 +126,7 @@ def test_a_dead_node_fails_the_flows_training_and_its_retry_resumes_on_both_node
     def static(rank: int) -> list[str]:
         return [*NODES, "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port)]
 
-    env = {**_node_env(), "PREFECT_HOME": str(tmp_path / "prefect"), LAUNCH_ENV: " ".join(static(0))}
+    env = {**_node_env(), "PREFECT_HOME": str(seed_prefect_home(tmp_path / "prefect")), LAUNCH_ENV: " ".join(static(0))}
     env.pop("PREFECT_API_URL", None)  # the flow's own temporary Prefect server
     flow = subprocess.Popen(
         [sys.executable, "-m", "ganpipe", "-C", str(nodes[0].root), "run"],

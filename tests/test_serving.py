@@ -65,8 +65,9 @@ def _post(port: int, body, content_type: str = "application/json") -> tuple[int,
 
 
 @pytest.fixture(scope="module")
-def server(conditional_project):
+def server(conditional_project, tmp_path_factory):
     p, lay = conditional_project
+    temp = tmp_path_factory.mktemp("serve-temp")  # the server's TMPDIR
     evaluate(p.eval, lay.checkpoint_path, lay.ref_stats_path, lay.run_info_path, lay.metrics_path, lay.root)
     r = register(p.registry, p.eval, lay)
     port = free_port()
@@ -78,15 +79,18 @@ def server(conditional_project):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PATH": path},
+        env={**os.environ, "PATH": path, "TMPDIR": str(temp)},
     )
     wait_for_http(proc, port, "/ping")
+    assert [d.name[:14] for d in temp.iterdir()] == ["ganpipe-serve-"]  # the verified copy it serves
     yield p, lay, r, port
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+        raise
+    assert not list(temp.iterdir()), "a stopped server leaves its verified copy behind"
 
 
 def test_champion_serves_png_images_with_provenance(server, tmp_path):

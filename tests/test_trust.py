@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -186,8 +187,11 @@ def _other_valid_weights(path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "swapped"])
-def test_a_corrupt_or_swapped_weights_file_is_refused_in_one_line(registered, damage, tmp_path, capsys):
+def test_a_corrupt_or_swapped_weights_file_is_refused_in_one_line(registered, damage, tmp_path, capsys, monkeypatch):
     p, lay, mv, weights = registered
+    temp = tmp_path / "temp"  # the commands' temp dirs: a refused model leaves none behind
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     if damage == "truncated":  # a bad disk, a partial copy to a new server
         weights.write_bytes(weights.read_bytes()[:1000])
     else:  # other weights that load fine
@@ -198,3 +202,4 @@ def test_a_corrupt_or_swapped_weights_file_is_refused_in_one_line(registered, da
         assert code == 2 and len(err.splitlines()) == 1, err
         assert f"v{mv.version}" in err and "generator.safetensors" in err and "sha256" in err
     assert not (tmp_path / "g.png").exists()
+    assert not list(temp.iterdir())

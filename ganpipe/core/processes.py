@@ -7,8 +7,11 @@ zombie (killed, not yet reaped by its parent) counts as gone: it writes and hold
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -55,3 +58,19 @@ def this_process() -> dict:
 def local_time(seconds: float) -> str:
     """A record's `since` as people read it: local wall time to the second."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread while inside (as SIGINT does), so that cleanup
+    runs; the previous handler is restored on exit. (A server that handles SIGTERM itself and raises it
+    again when it has shut down, as uvicorn does, ends in this exception too instead of dying mid-`finally`.)"""
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -8,8 +8,8 @@ SQLite database under PREFECT_HOME, no UI, no services), started in its own sess
 for the run's process group do not reach it, and stopped only after the run has cleaned up. The kernel
 stops it when the run's process dies (PR_SET_PDEATHSIG), so a SIGKILLed run leaves no server behind.
 
-`interrupts_raise()` turns SIGTERM into the same exception as Ctrl-C, so `finally` blocks (the slot's
-release, the flow run's final state) run for both.
+`ganpipe.core.processes.interrupts_raise()` turns SIGTERM into the same exception as Ctrl-C, so
+`finally` blocks (the slot's release, the flow run's final state) run for both.
 """
 
 from __future__ import annotations
@@ -141,18 +141,3 @@ def _drain_prefect_workers() -> None:
     for worker in (APILogWorker, EventsWorker):
         with contextlib.suppress(Exception):
             worker.drain_all(timeout=30)
-
-
-@contextlib.contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread while inside (as SIGINT does), so that cleanup
-    runs; the previous handler is restored on exit."""
-
-    def raise_interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
