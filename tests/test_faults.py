@@ -154,6 +154,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.slow  # a Prefect server (the harness): `make test`
 def test_a_dead_holders_lease_is_released_and_a_waiting_run_says_who_holds_the_slot(
     prefect_harness, monkeypatch, capsys
 ):

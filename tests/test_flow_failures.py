@@ -134,8 +134,11 @@ def test_one_training_at_a_time_per_device(prefect_harness):
         client.update_global_concurrency_limit(
             name, __import__("prefect.client.schemas.actions", fromlist=["x"]).GlobalConcurrencyLimitUpdate(limit=2)
         )
-        ensure_limit(name)  # a limit the team set stays as they set it
-        assert client.read_global_concurrency_limit_by_name(name).limit == 2
+        try:
+            ensure_limit(name)  # a limit the team set stays as they set it
+            assert client.read_global_concurrency_limit_by_name(name).limit == 2
+        finally:  # the later flows of this test process train one at a time again
+            client.delete_global_concurrency_limit_by_name(name)
 
 
 def test_a_failed_run_posts_to_the_webhook(tmp_path, prefect_harness, webhook):
