@@ -70,6 +70,27 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A RecursionError's one-line summary names the frames that repeat: CI shows the summary lines, and
+    pytest's long traceback of a recursion (cut at "Recursion detected") may be out of its sight."""
+    report = yield
+    excinfo = call.excinfo
+    if excinfo is not None and excinfo.errisinstance(RecursionError) and report.longrepr is not None:
+        import traceback
+
+        frames = traceback.extract_tb(excinfo.tb)
+        seen = []
+        for f in frames[-60:]:
+            where = f"{Path(f.filename).name}:{f.lineno} {f.name}"
+            if where not in seen:
+                seen.append(where)
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if crash is not None:
+            crash.message += f" [{len(frames)} frames; the last ones: {' <- '.join(reversed(seen[-8:]))}]"
+    return report
+
+
 def shipped_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 

@@ -218,7 +218,7 @@ def test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog(reproduced_p
 
             def training():
                 runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[doomed.id])))
-                return any(r.name.startswith("train") and r.state.is_running() for r in runs)
+                return any(r.name.startswith("train") and r.state is not None and r.state.is_running() for r in runs)
 
             _wait("running training", training, 300, proc)
             root = psutil.Process(proc.pid)
