@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sessions import keep_prefect_template, once_per_session, seed_prefect_home
+from tests.sessions import keep_prefect_template_in, once_per_session, seed_prefect_home
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,10 +118,9 @@ def _quiet_env(tmp_path_factory, pytestconfig):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     # Stage commands run as `ganpipe ...` from DVC: resolve them in this interpreter's environment.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    # Prefect's database at its schema head, for this process's PREFECT_HOME (the temporary servers of the
-    # `ganpipe run`s it starts), the harness and the tests' own homes (`seed_prefect_home`)
-    keep_prefect_template(Path(pytestconfig.cache.mkdir("ganpipe-prefect-db")))
-    seed_prefect_home(Path(os.environ["PREFECT_HOME"]))
+    # Prefect's database at its schema head, built when a test first needs a Prefect server, for the harness,
+    # this process's PREFECT_HOME and the tests' own homes (`seed_prefect_home`)
+    keep_prefect_template_in(Path(pytestconfig.cache.mkdir("ganpipe-prefect-db")))
     yield
 
 
@@ -336,6 +335,7 @@ def prefect_harness():
     from prefect.testing import utilities
 
     directory = seed_prefect_home(Path(tempfile.mkdtemp(prefix="ganpipe-test-harness-")), "prefect-test.db")
+    seed_prefect_home(Path(os.environ["PREFECT_HOME"]))  # the temporary servers of `ganpipe run`s without it
     with contextlib.ExitStack() as stack:
         with mock.patch.object(utilities, "mkdtemp", lambda: str(directory)):
             stack.enter_context(utilities.prefect_test_harness(server_startup_timeout=120))

@@ -30,17 +30,23 @@ def once_per_session(tmp_path_factory, name: str, build):
 
 
 PREFECT_DB = "prefect.db"  # the database file Prefect's default URL names under PREFECT_HOME
-_prefect_template: list[Path] = []  # set once per test process by `keep_prefect_template`
+_prefect_cache: list[Path] = []  # where the migrated database is kept: set once per test process
 
 
-def keep_prefect_template(cache_dir: Path) -> Path:
-    """A Prefect SQLite database already migrated to the installed Prefect's schema head, built once and
-    kept across test sessions (in pytest's cache directory, by Prefect's version). A new database runs
-    Prefect's 100+ migrations on its first start: ~8 s of each test server's start on 2 cores, paid by
-    every test process's harness and every test's own PREFECT_HOME. Copies start at the head."""
+def keep_prefect_template_in(cache_dir: Path) -> None:
+    """Where `prefect_template` keeps its database (pytest's cache directory: across sessions)."""
+    _prefect_cache[:] = [cache_dir]
+
+
+def prefect_template() -> Path:
+    """A Prefect SQLite database already migrated to the installed Prefect's schema head, built on first
+    need and kept across test sessions (by Prefect's version). A new database runs Prefect's 100+
+    migrations on its first start: ~8 s of each test server's start on 2 cores, paid by every test
+    process's harness and every test's own PREFECT_HOME. Copies start at the head."""
     import prefect
     from filelock import FileLock
 
+    cache_dir = _prefect_cache[0]
     cache_dir.mkdir(parents=True, exist_ok=True)
     template = cache_dir / f"prefect-{prefect.__version__}.db"
     with FileLock(str(template) + ".lock"):
@@ -60,13 +66,13 @@ def keep_prefect_template(cache_dir: Path) -> Path:
                 stdout=subprocess.DEVNULL,
             )
             tmp.replace(template)
-    _prefect_template[:] = [template]
     return template
 
 
 def seed_prefect_home(home: Path, name: str = PREFECT_DB) -> Path:
-    """`home` (a PREFECT_HOME, or the harness's database directory) with a migrated database in it."""
+    """`home` (a PREFECT_HOME, or the harness's database directory) with a migrated database in it, unless
+    it has one."""
     home.mkdir(parents=True, exist_ok=True)
-    if _prefect_template:
-        shutil.copyfile(_prefect_template[0], home / name)
+    if not (home / name).exists():
+        shutil.copyfile(prefect_template(), home / name)
     return home
