@@ -8,6 +8,7 @@ directory record).
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import tarfile
@@ -178,6 +179,38 @@ def test_a_cut_or_corrupt_tar_keeps_the_members_before_the_damage(name, tmp_path
     with pytest.raises(DataError) as err:
         prepare(p.model_copy(update={"on_error": "fail"}), tmp_path / "failed")
     assert "\n" not in str(err.value) and str(err.value).endswith("(data.on_error: fail)")
+
+
+@pytest.mark.parametrize("name", ["raw.tar", "raw.tar.gz"])
+def test_a_corrupt_header_in_the_middle_of_a_tar_is_a_skip_not_a_quiet_end(name, tmp_path, tiny):
+    """tarfile reads an invalid header after the first as the archive's end: the members after it are a
+    counted skip naming where the damage starts, never silently missing."""
+    good = _good(16)
+    after = [(f"dogs/late_{i}.png", _png(40 + i, 16), 0) for i in range(3)]
+    plain = tmp_path / "plain.tar"
+    _tar(plain, good + after)
+    with tarfile.open(plain) as t:
+        first_late = t.getmember(after[0][0])
+    damaged = bytearray(plain.read_bytes())
+    damaged[first_late.offset + 148 : first_late.offset + 156] = b"garbage!"  # the header's checksum field
+    if name.endswith(".gz"):
+        (tmp_path / name).write_bytes(gzip.compress(bytes(damaged)))
+    else:
+        (tmp_path / name).write_bytes(damaged)
+    p = _folder_params(tiny, tmp_path / name)
+    m = prepare(p, tmp_path / "prepared")
+    tail = [s for s in m["skipped"]["items"] if s["key"].startswith(f"{name} (after ")]
+    assert tail == [
+        {
+            "key": f"{name} (after {good[-1][0]})",
+            "reason": f"corrupt archive (invalid header at byte {first_late.offset})",
+        }
+    ]
+    assert m["counts"]["train"]["images"] + m["counts"]["test"]["images"] == len(good)
+    # an undamaged tar ends at its zero blocks: no skip
+    _tar(tmp_path / "whole.tar", good)
+    whole = prepare(_folder_params(tiny, tmp_path / "whole.tar"), tmp_path / "prepared-whole")
+    assert whole["skipped"]["items"] == []
 
 
 def _spy_tasks(monkeypatch, log: list) -> None:

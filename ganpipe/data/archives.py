@@ -89,8 +89,21 @@ def _tar_walk(t: tarfile.TarFile, damage: list[BaseException]) -> Iterator[tarfi
     """The members of `t` up to the first damage; what stopped the walk is appended to `damage`."""
     try:
         yield from t
+        if (bad := _bad_end(t)) is not None:
+            damage.append(bad)
     except _DAMAGE as exc:  # raised by the walk itself; a consumer's own errors never come back in here
         damage.append(exc)
+
+
+def _bad_end(t: tarfile.TarFile) -> tarfile.ReadError | None:
+    """Why the walk of `t` that just ended was not the archive's end, or None. tarfile ends a walk quietly
+    at an invalid header anywhere but the first: every member after a corrupt header would be lost
+    without a word. A real end is a zero block (or the file's end: a cut at a member's boundary)."""
+    t.fileobj.seek(t.offset)
+    block = t.fileobj.read(tarfile.BLOCKSIZE)
+    if not block.strip(b"\0"):
+        return None
+    return tarfile.ReadError(f"invalid header at byte {t.offset}")
 
 
 def _read_tar(t: tarfile.TarFile, m: tarfile.TarInfo) -> bytes | SkipImage:
