@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.reporting import name_repeating_frames
 from tests.sessions import keep_prefect_template_in, once_per_session, seed_prefect_home
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,22 +73,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A RecursionError's one-line summary names the frames that repeat: CI shows the summary lines, and
-    pytest's long traceback of a recursion (cut at "Recursion detected") may be out of its sight."""
     report = yield
-    excinfo = call.excinfo
-    if excinfo is not None and excinfo.errisinstance(RecursionError) and report.longrepr is not None:
-        import traceback
-
-        frames = traceback.extract_tb(excinfo.tb)
-        seen = []
-        for f in frames[-60:]:
-            where = f"{Path(f.filename).name}:{f.lineno} {f.name}"
-            if where not in seen:
-                seen.append(where)
-        crash = getattr(report.longrepr, "reprcrash", None)
-        if crash is not None:
-            crash.message += f" [{len(frames)} frames; the last ones: {' <- '.join(reversed(seen[-8:]))}]"
+    name_repeating_frames(call, report)
     return report
 
 
