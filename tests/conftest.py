@@ -36,6 +36,14 @@ atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 # core on 2 cores slow each other down several-fold.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# Prefect configures its logging once per process, when first needed, and its console handler keeps the
+# sys.stderr of that moment. Configured first inside a test that captures output (capsys, `run_cli`), it kept
+# that test's capture stream, closed when the test ended: every later flow run of the process then failed on
+# "I/O operation on closed file" (the handler's error, logged again through the same handler: in the end a
+# RecursionError). Configured here, after PREFECT_HOME, it keeps the session's stream.
+from prefect.logging.configuration import ensure_logging_setup  # noqa: E402
+
+ensure_logging_setup()
 
 # Small enough for seconds on 2 CPU cores; same structure as the shipped params.yaml.
 TINY_OVERRIDES = {
