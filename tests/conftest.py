@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reporting import name_repeating_frames
 from tests.sessions import keep_prefect_template_in, once_per_session, seed_prefect_home
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,13 +76,6 @@ def pytest_collection_modifyitems(config, items):
     """The slow tests first (in file order among themselves): with `pytest -n`, a minute-long test handed
     out last would run on alone while the other processes sit idle."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    name_repeating_frames(call, report)
-    return report
 
 
 def shipped_params() -> dict:
