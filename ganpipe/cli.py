@@ -33,7 +33,9 @@ from ganpipe.commands import (
 )
 from ganpipe.core.errors import GanpipeError
 from ganpipe.core.paths import layout
+from ganpipe.core.processes import exit_now
 from ganpipe.core.redact import redact
+from ganpipe.warmstart import COMMANDS, run_warm
 
 FOREIGN_HELP = (
     "also load a model outside this project's scope (another registered model name, a run of another "
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     from ganpipe.core.environment import quiet_telemetry, refuse_pickles
 
     args = build_parser().parse_args(argv)
+    if argv is None and args.command in COMMANDS:  # a stage process: in a fork of the warm server, if any
+        if (code := run_warm(sys.argv[1:])) is not None:
+            return code
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what to run again under a launcher
     args.layout = layout(args.project_dir)
     if args.command == "generate" and (args.n < 1 or not 0 < args.psi <= 2 or args.frames < 2 or args.walk < 0):
@@ -219,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_telemetry()
     refuse_pickles()  # nothing ganpipe loads is a pickle
+    code = _run(args)
+    if argv is None:  # the `ganpipe` command itself (in-process callers get the code)
+        exit_now(code)
+    return code
+
+
+def _run(args) -> int:
     try:
         args.fn(args)
     except GanpipeError as exc:

@@ -215,15 +215,22 @@ def _heartbeats(args):
 
 @contextmanager
 def _flow_context(args, flow_module: str):
-    """Where a flow started from the command line runs: the Prefect API (PREFECT_API_URL, else a
-    temporary server that outlives the flow's cleanup; `flow_module` is imported while it starts),
-    SIGTERM handled like Ctrl-C, heartbeats."""
+    """Where a flow started from the command line runs: a warm server for its stage processes
+    (`ganpipe.warmstart`), the Prefect API (PREFECT_API_URL, else a temporary server that outlives the
+    flow's cleanup; `flow_module` is imported while it starts), SIGTERM handled like Ctrl-C, heartbeats."""
     import importlib
 
     from ganpipe.core.processes import interrupts_raise
     from ganpipe.orchestration.tempserver import prefect_api
+    from ganpipe.warmstart import warm_server
 
-    with prefect_api(lambda: importlib.import_module(flow_module)), interrupts_raise(), _heartbeats(args):
+    # the warm server imports the stages while Prefect's server starts; the stage processes fork from it
+    with (
+        warm_server(),
+        prefect_api(lambda: importlib.import_module(flow_module)),
+        interrupts_raise(),
+        _heartbeats(args),
+    ):
         yield
 
 

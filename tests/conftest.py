@@ -108,7 +108,16 @@ def _quiet_env(tmp_path_factory, pytestconfig):
     # Prefect's database at its schema head, built when a test first needs a Prefect server, for the harness,
     # this process's PREFECT_HOME and the tests' own homes (`seed_prefect_home`)
     keep_prefect_template_in(Path(pytestconfig.cache.mkdir("ganpipe-prefect-db")))
-    yield
+    # One warm server (ganpipe/warmstart.py) for every `ganpipe` stage process the tests start, directly or
+    # through DVC and flows, as `ganpipe run` starts one for its stages: imported once for the session
+    # instead of 5-9 s of imports and teardown in each of hundreds of processes. tests/test_warmstart.py
+    # checks that a stage behaves the same started warm and cold; GANPIPE_WARM_START=0 runs them all cold.
+    # Not for `make test-fast` (`-m "not slow"`): its tests run in-process, and the server's imports would
+    # cost each test process seconds of its 2 cores.
+    from ganpipe.warmstart import warm_server
+
+    with warm_server() if pytestconfig.option.markexpr != "not slow" else contextlib.nullcontext():
+        yield
 
 
 @pytest.fixture

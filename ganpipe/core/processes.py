@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -53,6 +55,39 @@ def this_process() -> dict:
     started)` later tells whether it still runs."""
     pid = os.getpid()
     return {"pid": pid, "started": process_started(pid), "since": time.time()}
+
+
+def die_with_parent(sig: int = signal.SIGTERM, new_session: bool = True) -> None:
+    """In a child process (a `preexec_fn`, or just after a fork): `sig` when the parent dies (Linux's
+    PR_SET_PDEATHSIG), and a session of its own unless `new_session` is False (signals for the parent's
+    process group, a terminal's Ctrl-C, then do not reach it)."""
+    import ctypes
+
+    parent = os.getppid()
+    if new_session:
+        os.setsid()
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os.kill(os.getpid(), sig)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this process with `code` as the interpreter would (threads joined, exit handlers run, output
+    flushed) but without tearing its modules down afterwards: with torch and MLflow imported that
+    teardown takes 2-2.5 s of every stage process on 2 cores, freeing what the process's end frees anyway.
+    (CPython's own shutdown steps; where they are missing the interpreter ends the usual way.)"""
+    import atexit
+    import threading
+
+    shutdown, run_exit_handlers = getattr(threading, "_shutdown", None), getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exit_handlers is None:
+        sys.exit(code)
+    shutdown()  # what Python does first: threading's exit hooks, then join the non-daemon threads
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def local_time(seconds: float) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ganpipe.core.leases import TEMPORARY_SERVER_ENV
+from ganpipe.core.processes import die_with_parent
 from ganpipe.orchestration.slots import temporary_identity
 
 STARTUP_TIMEOUT_S = 120.0  # a first start creates the database (migrations): seconds, more on a loaded machine
@@ -34,14 +34,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux), and a session of its own."""
-    import ctypes
-
-    os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _command(port: int) -> list[str]:
@@ -110,7 +102,7 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
         "PREFECT__SERVER_FINAL": "1",
     }
     env.pop("PREFECT_API_URL", None)
-    proc = subprocess.Popen(_command(port), env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(_command(port), env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     saved = os.environ.get(TEMPORARY_SERVER_ENV)
     try:
         while_starting()
