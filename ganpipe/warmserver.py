@@ -23,6 +23,8 @@ from typing import NoReturn
 from ganpipe.core.processes import die_with_parent, exit_now
 from ganpipe.warmstart import STOP_GRACE_S, forward, read_request, reply
 
+# Read by torch's OpenMP and MKL runtimes when torch loads: a client whose value differs starts cold
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # What the stage processes import (the Makefile compiles the same at install); not Prefect (see above)
 PRELOAD = (
     "torch",
@@ -80,7 +82,6 @@ class Job:
         for fd in set(self.fds) - {0, 1, 2}:
             os.close(fd)
         os.chdir(req["cwd"])
-        threads_before = os.environ.get("OMP_NUM_THREADS")
         os.environ.clear()
         os.environ.update(req["env"])
         os.umask(req["umask"])
@@ -90,11 +91,6 @@ class Job:
         random.seed()
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
-        threads = os.environ.get("OMP_NUM_THREADS")
-        if threads != threads_before and threads and threads.isdigit() and int(threads) > 0:
-            import torch
-
-            torch.set_num_threads(int(threads))
         # as Python sets them up: stdout line-buffered on a terminal (or with PYTHONUNBUFFERED), stderr always
         sys.stdout.reconfigure(line_buffering=sys.stdout.isatty() or bool(os.environ.get("PYTHONUNBUFFERED")))
         sys.stderr.reconfigure(line_buffering=True)
@@ -178,6 +174,8 @@ class _Server:
             cold = f"{changed} changed after the warm-start server imported it"
         elif (torch := sys.modules.get("torch")) and torch.cuda.is_initialized():
             cold = "CUDA is initialised in the warm-start server"
+        elif differs := [k for k in THREAD_ENV if request["env"].get(k) != os.environ.get(k)]:
+            cold = f"{', '.join(differs)} differs from the warm-start server's (read once, when torch loads)"
         if cold:
             reply(conn, {"cold": cold})
         else:

@@ -11,14 +11,14 @@ the client waits, passes on the signals it gets (Ctrl-C, SIGTERM) and exits as t
 code or of its signal. DVC, Prefect and `timeout` see the process they started behave as a cold one.
 
 The fork is the process the cold start would be: the client's environment (read again by everything
-the fork imports from then on; torch's thread count is set again from OMP_NUM_THREADS), random seeds
-drawn anew, the temp dir and time zone looked up again. Prefect is not imported by the server: it reads
+the fork imports from then on), random seeds drawn anew, the temp dir and time zone looked up again. Prefect is not imported by the server: it reads
 its settings once, at import. A fork dies with its client (a SIGKILLed client is a killed stage: the
 server kills its fork at once) and with the server (PR_SET_PDEATHSIG).
 
 A command starts cold (in the client, as without a server) when no server answers, when a ganpipe
-source file changed after the server imported it (it would run the old code), under torchrun, or for
-commands that are not stages. GANPIPE_WARM_START=0 turns it off.
+source file changed after the server imported it (it would run the old code), when its OMP_NUM_THREADS
+or MKL_NUM_THREADS differs from the server's (torch reads them once, when it loads), under torchrun, or
+for commands that are not stages. GANPIPE_WARM_START=0 turns it off.
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ def wait_until(condition, timeout_s: float = 120, what: str = "the condition"):
     return result
 
 
-def ganpipe(args: list[str], cwd: Path, warm: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, **({} if warm else {SWITCH_ENV: "0"})}
-    return subprocess.run(["ganpipe", *args], cwd=cwd, env=env, capture_output=True, text=True, **kw)
+def ganpipe(args: list[str], cwd: Path, warm: bool = True, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({} if warm else {SWITCH_ENV: "0"}), **extra_env}
+    return subprocess.run(["ganpipe", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -71,6 +71,11 @@ def test_a_stage_started_warm_does_what_it_does_cold(project):
     assert warm.returncode == 0, warm.stderr
     assert tree_digest(project / "data" / "prepared") == cold_outputs
     assert warm.stdout == cold.stdout and warm.stdout.strip()
+    # torch reads its thread count once, when it loads: a client asking for another one starts cold
+    threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
+    other = ganpipe(["prepare"], project, OMP_NUM_THREADS=threads)
+    assert other.returncode == 0 and other.stdout == cold.stdout, other.stderr
+    assert "ganpipe: starting cold: OMP_NUM_THREADS differs from the warm-start server's" in other.stderr
     # the same error line and exit code for bad params, on the client's own stderr
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["total_kimg"] = -1
