@@ -35,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from ganpipe.core.processes import die_with_parent
+from ganpipe.core.processes import die_with_parent, stop
 
 SOCKET_ENV = "GANPIPE_WARM_SOCKET"
 SWITCH_ENV = "GANPIPE_WARM_START"  # "0": every command starts cold
@@ -205,10 +205,5 @@ def warm_server() -> Iterator[str | None]:
             os.environ.pop(SOCKET_ENV, None)
         else:
             os.environ[SOCKET_ENV] = current
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_GRACE_S + 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, STOP_GRACE_S + 10)
         shutil.rmtree(directory, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -69,6 +70,16 @@ def die_with_parent(sig: int = signal.SIGTERM, new_session: bool = True) -> None
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before the line above
         os.kill(os.getpid(), sig)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM a child process and wait for it; SIGKILL it if it has not ended within `timeout_s`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def exit_now(code: int) -> NoReturn:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ganpipe.core.leases import TEMPORARY_SERVER_ENV
-from ganpipe.core.processes import die_with_parent
+from ganpipe.core.processes import die_with_parent, stop
 from ganpipe.orchestration.slots import temporary_identity
 
 STARTUP_TIMEOUT_S = 120.0  # a first start creates the database (migrations): seconds, more on a loaded machine
@@ -116,12 +116,7 @@ def prefect_api(while_starting: Callable[[], object] = lambda: None) -> Iterator
             os.environ.pop(TEMPORARY_SERVER_ENV, None)
         else:
             os.environ[TEMPORARY_SERVER_ENV] = saved
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
 
 
 def _drain_prefect_workers() -> None:
