@@ -25,7 +25,7 @@ from ganpipe.warmstart import STOP_GRACE_S, forward, read_request, reply
 
 # Read by torch's OpenMP and MKL runtimes when torch loads: a client whose value differs starts cold
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# What the stage processes import (the Makefile compiles the same at install); not Prefect (see above)
+# What the stage processes import; not Prefect (see above)
 PRELOAD = (
     "torch",
     "torch._dynamo",  # torch.optim imports it on an optimiser's first use: 2-4 s
@@ -74,8 +74,6 @@ class Job:
         self.request, self.fds = request, fds
 
     def run(self) -> NoReturn:
-        import random
-
         req = self.request
         for fd, target in zip(self.fds, (0, 1, 2), strict=True):
             os.dup2(fd, target)
@@ -88,7 +86,7 @@ class Job:
         sys.argv = [req["argv0"], *req["argv"]]
         tempfile.tempdir = None
         time.tzset()
-        random.seed()
+        # (`random` reseeds itself in a fork; numpy's global generator does not)
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
         # as Python sets them up: stdout line-buffered on a terminal (or with PYTHONUNBUFFERED), stderr always
@@ -178,6 +176,7 @@ class _Server:
             cold = f"{', '.join(differs)} differs from the warm-start server's (read once, when torch loads)"
         if cold:
             reply(conn, {"cold": cold})
+            conn.close()
         else:
             pid = os.fork()
             if pid == 0:
@@ -187,10 +186,8 @@ class _Server:
             conn.settimeout(None)
             reply(conn, {"pid": pid})
             self.sel.register(conn, selectors.EVENT_READ, pid)
-        for fd in fds:
+        for fd in fds:  # the fork has them now, or the client keeps its own
             os.close(fd)
-        if cold:
-            conn.close()
         return None
 
     def _become_fork(self, conn: socket.socket) -> None:
@@ -223,7 +220,7 @@ class _Server:
 
 
 def _serve_main(argv: list[str]) -> int:
-    """`python -P -m ganpipe.warmstart FD`: serve on the listening socket FD (made by `warm_server`)."""
+    """`python -P -m ganpipe.warmserver FD`: serve on the listening socket FD (made by `warm_server`)."""
     listener = socket.socket(fileno=int(argv[0]))
     job = _Server(listener).serve()
     if job is not None:

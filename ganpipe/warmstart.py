@@ -177,8 +177,11 @@ def warm_server() -> Iterator[str | None]:
     yields its socket's path. Nothing is started where one already answers at GANPIPE_WARM_SOCKET (a
     sweep's runs, a test session's), where GANPIPE_WARM_START=0, or off Linux."""
     current = os.environ.get(SOCKET_ENV)
-    if os.environ.get(SWITCH_ENV) == "0" or not sys.platform.startswith("linux") or _answers(current):
-        yield current if _answers(current) else None
+    if _answers(current):
+        yield current
+        return
+    if os.environ.get(SWITCH_ENV) == "0" or not sys.platform.startswith("linux"):
+        yield None
         return
     directory = tempfile.mkdtemp(prefix="ganpipe-warm-")  # 0700: this user's processes only
     path = os.path.join(directory, "socket")
