@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     wd.set_defaults(fn=cmd_watchdog)
     u = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--workers", type=int, default=1, help="server worker processes (default: 1; MLflow's own: 4)")
     u.set_defaults(fn=cmd_ui)
     st = sub.add_parser(
         "studio", help="a web page to generate from, compare, promote and roll back the registered generators"

@@ -354,6 +354,10 @@ def cmd_watchdog(args) -> None:
 
 
 def cmd_ui(args) -> None:
+    """`mlflow ui` on the project's store, sized for one person on this machine: one server worker (MLflow's
+    default is 4, each importing its server app) and no job runner (MLflow 3 starts seven huey consumers for
+    its GenAI jobs, which ganpipe never submits; MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings them back).
+    On 2 cores: healthy in 11 s instead of 24, 11 s of CPU instead of 41."""
     from ganpipe.core.tracking import tracking_uri
 
     cmd = [
@@ -365,7 +369,10 @@ def cmd_ui(args) -> None:
         "127.0.0.1",
         "--port",
         str(args.port),
+        "--workers",
+        str(args.workers),
     ]
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(" ".join(cmd), flush=True)
     os.execvp(cmd[0], cmd)
 

@@ -271,10 +271,22 @@ def copy_project(src: Path, dst: Path, stored_as: Path | None = None, ignore=Non
     return layout(dst)
 
 
+def _built_once(tmp_path_factory, name: str, **section_overrides: dict):
+    """`build_trained(...)` once for all test processes (`once_per_session`): (params, layout)."""
+    from ganpipe.core.params import load_params
+    from ganpipe.core.paths import layout
+
+    def build(directory: Path) -> str:
+        return str(build_trained(directory / "project", **section_overrides)[1].root)
+
+    lay = layout(Path(once_per_session(tmp_path_factory, name, build)))
+    return load_params(lay.params_path), lay
+
+
 @pytest.fixture(scope="session")
 def _trained_once(tmp_path_factory):
     """The tiny training, once per session. Tests use copies of it (`trained_project`), never this one."""
-    return build_trained(tmp_path_factory.mktemp("trained") / "project")
+    return _built_once(tmp_path_factory, "trained")
 
 
 @pytest.fixture
@@ -311,7 +323,7 @@ def reproduced_project(_reproduced_once, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def _conditional_once(tmp_path_factory):
-    return build_trained(tmp_path_factory.mktemp("conditional") / "project", model={"conditional": True})
+    return _built_once(tmp_path_factory, "conditional", model={"conditional": True})
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,9 @@ def mlflow_server(backend_store_uri: str, artifacts_dir: Path):
             str(artifacts_dir),
             "--workers",
             "1",
-        ]
+        ],
+        # no job runner: seven huey consumers for MLflow's GenAI jobs, which ganpipe never submits (~15 s of CPU)
+        {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     try:
         wait_for_http(proc, port, "/health", timeout_s=120)

@@ -56,6 +56,10 @@ def test_ui_serves_the_project_store_on_loopback(tmp_path):
         # MLflow's first start migrates a new SQLite store: a minute or more on a loaded 2-core machine
         wait_for_http(proc, port, "/health", timeout_s=600)
         assert (tmp_path / "mlflow.db").exists()  # the UI opened the project's own SQLite store
+        import psutil
+
+        tree = [" ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(tree) == 1 and "uvicorn" in tree[0], tree  # one server worker, no job runner
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # mlflow ui and its server workers
         proc.wait(timeout=30)
