@@ -37,7 +37,6 @@ from ganpipe.core.paths import layout
 from ganpipe.orchestration import journal, slots
 from ganpipe.orchestration.notify import notify_hook
 from ganpipe.orchestration.report import png_data_uri, registration_markdown, skipped_markdown
-from ganpipe.training.snapshots import FRESH_ENV, RESUME_ENV, abandoned_run_id, work_dir_of
 
 STAGES = ("prepare", "ref-stats", "train", "evaluate", "register")
 FORCED = ("train", "evaluate", "register")  # what `force` re-runs on unchanged inputs
@@ -104,6 +103,8 @@ def train_stage(project_dir: str, force: bool, slot: str, lease_s: int) -> None:
     process died) resumes from the newest snapshot in the same MLflow run; the dead attempt's MLflow run
     is marked FAILED first, so a crash never leaves it "running". Without `force`, a snapshot that an
     earlier, dead flow run left is resumed when its params, data and code match (`ganpipe train`)."""
+    from ganpipe.training.snapshots import FRESH_ENV, RESUME_ENV, abandoned_run_id, work_dir_of  # imports torch
+
     resume = task_run.run_count > 1
     # a retry resumes its own dead attempt; a forced run starts over (not from a dead run's snapshot)
     env = {**stage_env(), **({RESUME_ENV: "1"} if resume else {FRESH_ENV: "1"} if force else {})}
