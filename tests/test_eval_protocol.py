@@ -117,7 +117,7 @@ def test_unknown_metric_in_params_is_a_config_error():
 
 
 @pytest.mark.inception
-@pytest.mark.slow  # the real InceptionV3 through two libraries (50 s): `make test`
+@pytest.mark.slow  # the real InceptionV3 through two libraries (25 s): `make test`
 def test_agreement_with_torch_fidelity_on_the_same_images(trained_project, tmp_path):
     """Same images, same weights: our FID and KID equal torch-fidelity's `calculate_metrics`.
 
@@ -130,17 +130,17 @@ def test_agreement_with_torch_fidelity_on_the_same_images(trained_project, tmp_p
 
     p, lay = trained_project
     images, _ = load_split(lay.prepared_dir, "train")
-    real = torch.from_numpy(np.array(images[:36])).expand(-1, 3, -1, -1).contiguous()  # N = subset size:
+    real = torch.from_numpy(np.array(images[:20])).expand(-1, 3, -1, -1).contiguous()  # N = subset size:
     G, _ = generator_from_checkpoint(lay.checkpoint_path)
-    fake = sample(G, range(36)).expand(-1, 3, -1, -1).contiguous()  # no subsampling
+    fake = sample(G, range(20)).expand(-1, 3, -1, -1).contiguous()  # no subsampling
     # (generated vs real: with two near-identical real sets KID is ~1e-3 and torch-fidelity's float32
     # kernel sums lose about 1e-3 of it to cancellation; ours are float64)
     ep = EvalParams(**{**p.eval.model_dump(), "extractor": "inception", "inception_weights": None})
     ext = build_extractor(ep)
-    fr, ff = ext.extract(real, 20), ext.extract(fake, 20)
+    fr, ff = ext.extract(real, 10), ext.extract(fake, 10)
     ours = {
         "fid": frechet_distance(*feature_stats(fr), *feature_stats(ff)),
-        "kid": kernel_inception_distance(fr, ff, subset_size=36, subsets=1)[0],
+        "kid": kernel_inception_distance(fr, ff, subset_size=20, subsets=1)[0],
     }
 
     from ganpipe.evaluation.fidelity_peer import ImageTensors, weights_for_torch_fidelity
@@ -152,12 +152,12 @@ def test_agreement_with_torch_fidelity_on_the_same_images(trained_project, tmp_p
         input2=ImageTensors(real),
         fid=True,
         kid=True,
-        kid_subset_size=36,
+        kid_subset_size=20,
         kid_subsets=1,
         cuda=False,
         cache=False,
         verbose=False,
-        batch_size=20,
+        batch_size=10,
         feature_extractor_weights_path=str(weights),
     )
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
