@@ -72,10 +72,39 @@ TINY_OVERRIDES = {
 }
 
 
+# The longest tests, in seconds (`make test`'s --durations, set-up included, 3 test processes on 2 cores,
+# 2026-12-03): handed out first, longest first. In file order the 3-minute team-stack test started among
+# the last and ran on alone at the end; the watchdog test mostly waits for its crash window, so the other
+# processes use the cores meanwhile.
+LONGEST_FIRST = {
+    "test_team_stack.py::test_the_pipeline_runs_on_the_team_stack_on_postgresql": 194,
+    "test_faults.py::test_killed_sweeps_and_runs_never_block_or_mislead_the_next_run_which_resumes": 182,
+    "test_deploy.py::test_work_pool_deployment_runs_through_a_worker": 149,
+    "test_multinode.py::test_a_dead_node_fails_the_flows_training_and_its_retry_resumes_on_both_nodes": 149,
+    "test_registry_lock.py::test_two_checkouts_on_one_prefect_server_register_one_after_the_other": 119,
+    "test_schedule.py::test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog": 108,
+    "test_flows.py::test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock": 97,
+    "test_flow_failures.py::test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run": 91,
+    "test_ssh_remote.py::test_the_flow_pushes_to_an_ssh_remote_and_another_checkout_pulls_the_same_bytes": 80,
+    "test_redaction.py::test_no_output_of_a_pipeline_names_the_password_or_the_token": 63,
+    "test_remote_tracking.py::test_pipeline_logs_and_registers_on_a_tracking_server": 58,
+    "test_sweep.py::test_sweep_flow_trains_each_candidate_as_an_experiment_and_registers_the_best": 58,
+    "test_sweep.py::test_parallel_sweep_runs_the_candidates_through_dvcs_queue": 55,
+}
+
+
+def _expected_seconds(item) -> float:
+    return LONGEST_FIRST.get(item.nodeid.removeprefix("tests/"), 0)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (in file order among themselves): with `pytest -n`, a minute-long test handed
-    out last would run on alone while the other processes sit idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow tests first, the longest of them first (`LONGEST_FIRST`), the others in file order: with
+    `pytest -n`, a minutes-long test handed out last would run on alone while the other processes sit idle."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, -_expected_seconds(item)))
+    if not config.args or config.args == list(config.getini("testpaths")):  # the whole suite: no stale names
+        stale = set(LONGEST_FIRST) - {item.nodeid.removeprefix("tests/") for item in items}
+        if stale and not config.option.keyword and not config.option.markexpr:
+            raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names tests that do not exist: {sorted(stale)}")
 
 
 def shipped_params() -> dict:
