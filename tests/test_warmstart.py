@@ -174,3 +174,24 @@ def test_the_fast_exit_keeps_what_a_normal_exit_does():
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
     assert proc.returncode == 3
     assert proc.stdout == "buffered thread handler\n"
+
+
+@pytest.mark.slow  # git + DVC project, DVC processes
+def test_dvc_commands_that_start_no_stage_run_warm_and_say_what_they_say_cold(project):
+    from ganpipe.core.dvc import dvc_command
+
+    for args in (["status", "--json"], ["remote", "list"], ["status", "--no-such-flag"], ["exp", "show", "--json"]):
+        cold = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True)
+        cmd = dvc_command(args)
+        assert cmd[1:5] == ["-P", "-m", "ganpipe.warmstart", "dvc"], cmd
+        warm = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+        assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr), args
+    # it went through the server: one that cannot take it (another thread count) says so, and DVC runs here
+    threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    other = subprocess.run(dvc_command(["status"]), cwd=project, capture_output=True, text=True, env=env)
+    assert other.returncode == 0 and "ganpipe: starting cold: OMP_NUM_THREADS differs" in other.stderr
+    # the ones that run stages start cold, in the caller's process group (where Ctrl-C and `timeout` reach them)
+    for args in (["repro"], ["exp", "run"], ["repro", "--single-item", "train"]):
+        assert dvc_command(args)[1:3] == ["-m", "dvc"], args
+    assert dvc_command(["status"], env={})[1:3] == ["-m", "dvc"]  # no warm server named

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
+# The warm server's socket (ganpipe.warmstart): set by `ganpipe run` / `ganpipe sweep` for the processes they start
+WARM_SOCKET_ENV = "GANPIPE_WARM_SOCKET"
+
 
 def _stat_fields(pid: int) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name (Linux); None elsewhere or when it is gone."""
