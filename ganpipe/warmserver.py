@@ -195,6 +195,8 @@ class _Server:
             if pid == 0:
                 self._become_fork(conn)
                 return Job(request, fds)
+            with contextlib.suppress(OSError):  # (the fork does it too: whichever runs first)
+                os.setpgid(pid, pid)
             self.children[pid] = conn
             conn.settimeout(None)
             reply(conn, {"pid": pid})
@@ -205,6 +207,7 @@ class _Server:
 
     def _become_fork(self, conn: socket.socket) -> None:
         """In a new fork: none of the server's descriptors, handlers or duties."""
+        os.setpgid(0, 0)  # a process group of its own: signals reach what it starts (`forward`)
         die_with_parent(signal.SIGKILL, new_session=False)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM):

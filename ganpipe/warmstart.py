@@ -20,10 +20,11 @@ source file changed after the server imported it (it would run the old code), wh
 or MKL_NUM_THREADS differs from the server's (torch reads them once, when it loads), under torchrun, or
 for commands that are not stages. GANPIPE_WARM_START=0 turns it off.
 
-The `dvc` commands of a run that start no stage (`status`, `remote`, `push`, `plots show`, `exp show`:
+The `dvc` commands of a run (`status`, `repro --single-item`, `push`, `plots show`, `exp show`:
 ganpipe.core.dvc.WARM_DVC) go the same way, through `python -P -m ganpipe.warmstart dvc ARGS` (the server
-has DVC imported; 0.2-0.3 s less each). `dvc repro` and `dvc exp run` start cold: the stage processes they
-start stay in the caller's process group, where a Ctrl-C or a `timeout` of the whole run reaches them.
+has DVC imported). Each fork leads a process group of its own and the client passes its signals to the
+whole group, so the stage processes a warm `dvc repro` starts get a Ctrl-C or a `timeout` of the run as they
+would cold, in the caller's group; a SIGKILLed client has its fork's whole group SIGKILLed.
 """
 
 from __future__ import annotations
@@ -101,8 +102,11 @@ def run_warm(argv: list[str], program: str = "ganpipe") -> int | None:
 
 
 def forward(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
+    """Signal fork `pid` and what it started: each fork leads a process group of its own (the server makes it
+    one before it answers), as the cold command and its children share the caller's group, where a Ctrl-C,
+    a `timeout` or a kill of the whole tree reaches them all (a `dvc repro` fork's stage processes too)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
 
 
 def _umask() -> int:

@@ -177,7 +177,7 @@ def test_the_fast_exit_keeps_what_a_normal_exit_does():
 
 
 @pytest.mark.slow  # git + DVC project, DVC processes
-def test_dvc_commands_that_start_no_stage_run_warm_and_say_what_they_say_cold(project):
+def test_dvc_commands_run_warm_and_say_what_they_say_cold(project):
     from ganpipe.core.dvc import dvc_command
 
     for args in (["status", "--json"], ["remote", "list"], ["status", "--no-such-flag"], ["exp", "show", "--json"]):
@@ -191,7 +191,38 @@ def test_dvc_commands_that_start_no_stage_run_warm_and_say_what_they_say_cold(pr
     env = {**os.environ, "OMP_NUM_THREADS": threads}
     other = subprocess.run(dvc_command(["status"]), cwd=project, capture_output=True, text=True, env=env)
     assert other.returncode == 0 and "ganpipe: starting cold: OMP_NUM_THREADS differs" in other.stderr
-    # the ones that run stages start cold, in the caller's process group (where Ctrl-C and `timeout` reach them)
-    for args in (["repro"], ["exp", "run"], ["repro", "--single-item", "train"]):
-        assert dvc_command(args)[1:3] == ["-m", "dvc"], args
-    assert dvc_command(["status"], env={})[1:3] == ["-m", "dvc"]  # no warm server named
+    # `dvc exp run` starts cold (its queue starts detached workers), and everything does without a server
+    assert dvc_command(["exp", "run", "--run-all"])[1:3] == ["-m", "dvc"]
+    assert dvc_command(["status"], env={})[1:3] == ["-m", "dvc"]
+
+
+@pytest.mark.slow  # a warm `dvc repro` training
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_signal_to_a_warm_dvc_repro_reaches_the_stage_it_started(project, sig):
+    """`dvc repro` in a fork of the warm server: the stage it starts (`ganpipe train`, warm too, in a fork of
+    its own) gets the signal the client gets, as a cold one in the caller's process group does, and a killed
+    client takes all of it along (nothing trains on, orphaned)."""
+    from ganpipe.core.dvc import dvc_command, stage_env
+
+    _long_training(project)
+    env = stage_env()
+    cmd = dvc_command(["repro", "--single-item", "train"], env)
+    assert "ganpipe.warmstart" in cmd
+    client = subprocess.Popen(
+        cmd,
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    server = warm_server_process()
+    # the fork running DVC and the fork running the `ganpipe train` that DVC started, training
+    forks = wait_until(lambda: len(found := forks_in(server, project)) >= 2 and found, what="both forks")
+    wait_until(lambda: list(project.glob("mlruns*")) or (project / "mlflow.db").exists(), what="the training")
+    tree = [p for f in forks for p in [f, *f.children(recursive=True)]]
+    assert any("ganpipe" in " ".join(p.cmdline()) and "train" in p.cmdline() for p in tree)  # DVC's stage command
+    client.send_signal(sig)
+    assert client.wait(timeout=120) != 0
+    ended = lambda p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE  # noqa: E731
+    wait_until(lambda: all(ended(p) for p in tree), what="every process of the repro to end")

@@ -37,11 +37,11 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-# `dvc` commands that start no stage: where a run has a warm server (ganpipe.warmstart), they run in a fork
-# of it, DVC already imported (0.6-0.9 s of imports less each: `ganpipe run` runs five of them). The ones
-# that run stages (repro, exp run) start cold: their stage processes must stay in the caller's process group,
-# where a Ctrl-C or a `timeout` of the whole run reaches them.
-WARM_DVC = frozenset({"status", "remote", "push", "pull", "fetch", "plots", "metrics", "params", "config"})
+# `dvc` commands that run in a fork of the run's warm server (ganpipe.warmstart) when it has one, DVC already
+# imported (0.2-0.6 s less each; `ganpipe run` runs ten). The fork leads a process group, and the client
+# passes its signals to the whole group: a Ctrl-C or `timeout` of the run reaches the stage processes a
+# `dvc repro` started, as it does cold. `dvc exp run` starts cold (its queue starts detached workers).
+WARM_DVC = frozenset({"status", "remote", "push", "pull", "fetch", "plots", "metrics", "params", "config", "repro"})
 WARM_DVC_EXP = frozenset({"show", "apply"})
 
 
