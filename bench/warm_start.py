@@ -5,7 +5,9 @@ command `ganpipe prepare | ref-stats | train | evaluate | register` is run as a 
 (GANPIPE_WARM_START=0) and warm (a warm server started first, as `ganpipe run` does), alternating which
 goes first, for --rounds rounds. Reported per stage: median wall seconds of each and the median of the
 per-round ratios cold/warm; also the warm server's start (until it answers its first command) and the
-cold processes' exit without the module teardown (`exit_now`) against a plain interpreter exit.
+cold processes' exit without the module teardown (`exit_now`) against a plain interpreter exit. The `dvc`
+commands a run makes (`dvc status --json`, `dvc plots show`, `dvc repro --single-item train` with nothing to
+do) are timed the same way, cold (`python -m dvc`) and warm (`ganpipe.core.dvc.dvc_command`).
 
     .venv/bin/python bench/warm_start.py [--rounds 3] [--out bench/results]
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ganpipe.core.dvc import dvc_command  # noqa: E402
 from ganpipe.warmstart import SOCKET_ENV, SWITCH_ENV, warm_server  # noqa: E402
 from tests.conftest import make_project, tiny_params_dict  # noqa: E402
 
@@ -60,14 +63,25 @@ def main() -> int:
     os.environ.update(base)
     root = make_project(work / "project", tiny_params_dict())
     cold_env = {**base, SWITCH_ENV: "0"}
-    for stage in STAGES:  # outputs in place, MLflow's store created: every later run finds what it needs
-        timed(["ganpipe", stage], root, cold_env)
+    # outputs in place, dvc.lock written, MLflow's store created: every later command finds what it needs
+    timed([sys.executable, "-m", "dvc", "repro"], root, cold_env)
     times = {s: {"cold": [], "warm": []} for s in STAGES}
+    dvc_runs = {
+        "status": ["status", "--json"],
+        "plots show": ["plots", "show", "-o", str(work / "plots")],
+        "repro (nothing to do)": ["repro", "--single-item", "train"],
+    }
+    dvc_times = {k: {"cold": [], "warm": []} for k in dvc_runs}
     t0 = time.perf_counter()
     with warm_server() as path:
         warm_env = {**base, SOCKET_ENV: path}
-        timed(["ganpipe", "ref-stats"], root, warm_env)  # waits for the server's imports
+        timed(dvc_command(["status"], warm_env), root, warm_env)  # waits for the server's imports
         server_start = time.perf_counter() - t0
+        for r in range(args.rounds):  # before the stages below change the outputs dvc.lock records
+            for name, dvc_args in dvc_runs.items():
+                for mode in ("cold", "warm") if r % 2 == 0 else ("warm", "cold"):
+                    env = cold_env if mode == "cold" else warm_env
+                    dvc_times[name][mode].append(timed(dvc_command(dvc_args, env), root, env))
         for r in range(args.rounds):
             for stage in STAGES:
                 order = ("cold", "warm") if r % 2 == 0 else ("warm", "cold")
@@ -94,6 +108,15 @@ def main() -> int:
             for s, t in times.items()
         },
         "import_torch_mlflow_then_exit_s": {k: round(statistics.median(v), 2) for k, v in exits.items()},
+        "dvc": {
+            name: {
+                "cold_s": round(statistics.median(t["cold"]), 2),
+                "warm_s": round(statistics.median(t["warm"]), 2),
+                "ratio": round(statistics.median(c / w for c, w in zip(t["cold"], t["warm"], strict=True)), 2),
+                "all": t,
+            }
+            for name, t in dvc_times.items()
+        },
     }
     total_cold = sum(v["cold_s"] for v in result["stages"].values())
     total_warm = sum(v["warm_s"] for v in result["stages"].values())
@@ -104,6 +127,8 @@ def main() -> int:
         print(f"{s:10s} cold {v['cold_s']:6.2f} s  warm {v['warm_s']:6.2f} s  ratio {v['ratio']:.2f}x")
     print(f"five stages: cold {total_cold:.1f} s, warm {total_warm:.1f} s; server start {server_start:.1f} s")
     print(f"import torch+mlflow, then exit: {result['import_torch_mlflow_then_exit_s']}")
+    for name, v in result["dvc"].items():
+        print(f"dvc {name:22s} cold {v['cold_s']:5.2f} s  warm {v['warm_s']:5.2f} s  ratio {v['ratio']:.2f}x")
     print(f"wrote {out}")
     return 0
 
