@@ -1,6 +1,7 @@
 """The warm server (`python -P -m ganpipe.warmserver FD`, started by `ganpipe.warmstart.warm_server`):
 imports what the stage processes import, then forks a process for each client's command, which takes on
-the client's arguments, directory, environment, umask and standard streams and runs `ganpipe.cli.main`.
+the client's arguments, directory, environment, umask and standard streams and runs `ganpipe.cli.main`
+(or DVC's `main`, for a run's `dvc` commands). Each fork leads a process group of its own.
 
 Forking is safe only while the server has one thread and no CUDA context (tests/test_warmstart.py checks
 what PRELOAD leaves behind); Prefect stays unimported (it reads its settings at import). A client that
@@ -42,7 +43,7 @@ PRELOAD = (
     "ganpipe.training.loop",
     "ganpipe.evaluation.evaluate",
     "ganpipe.registry.register",
-    "dvc.cli",  # `dvc status`, `push`, `plots show`... (ganpipe.core.dvc.WARM_DVC)
+    "dvc.cli",  # a run's `dvc status`, `repro`, `push`, `plots show`... (ganpipe.core.dvc.WARM_DVC)
     "dvc.cli.parser",
     "dvc.repo",
 )
@@ -97,7 +98,7 @@ class Job:
         sys.stdout.reconfigure(line_buffering=sys.stdout.isatty() or bool(os.environ.get("PYTHONUNBUFFERED")))
         sys.stderr.reconfigure(line_buffering=True)
 
-        if req.get("program") == "dvc":  # ganpipe.core.dvc.WARM_DVC: a command that starts no stage
+        if req.get("program") == "dvc":  # a run's `dvc` command (ganpipe.core.dvc.WARM_DVC)
             from dvc.cli import main as dvc_main
 
             exit_now(dvc_main(req["argv"]))
