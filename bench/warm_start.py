@@ -45,6 +45,16 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
     return seconds
 
 
+def cold_vs_warm(t: dict[str, list[float]]) -> dict:
+    """Medians of the cold and warm seconds, and the median of the per-round ratios."""
+    return {
+        "cold_s": round(statistics.median(t["cold"]), 2),
+        "warm_s": round(statistics.median(t["warm"]), 2),
+        "ratio": round(statistics.median(c / w for c, w in zip(t["cold"], t["warm"], strict=True)), 2),
+        "all": t,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -98,25 +108,9 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
         "rounds": args.rounds,
         "server_start_s": round(server_start, 2),
-        "stages": {
-            s: {
-                "cold_s": round(statistics.median(t["cold"]), 2),
-                "warm_s": round(statistics.median(t["warm"]), 2),
-                "ratio": round(statistics.median(c / w for c, w in zip(t["cold"], t["warm"], strict=True)), 2),
-                "all": t,
-            }
-            for s, t in times.items()
-        },
+        "stages": {s: cold_vs_warm(t) for s, t in times.items()},
         "import_torch_mlflow_then_exit_s": {k: round(statistics.median(v), 2) for k, v in exits.items()},
-        "dvc": {
-            name: {
-                "cold_s": round(statistics.median(t["cold"]), 2),
-                "warm_s": round(statistics.median(t["warm"]), 2),
-                "ratio": round(statistics.median(c / w for c, w in zip(t["cold"], t["warm"], strict=True)), 2),
-                "all": t,
-            }
-            for name, t in dvc_times.items()
-        },
+        "dvc": {name: cold_vs_warm(t) for name, t in dvc_times.items()},
     }
     total_cold = sum(v["cold_s"] for v in result["stages"].values())
     total_warm = sum(v["warm_s"] for v in result["stages"].values())
