@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ordering import order
+from tests.projects import copy_project  # noqa: F401 (tests import it from here)
 from tests.sessions import keep_prefect_template_in, once_per_session, seed_prefect_home
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,39 +74,9 @@ TINY_OVERRIDES = {
 }
 
 
-# The longest tests, in seconds (`make test`'s --durations, set-up included, 3 test processes on 2 cores,
-# 2026-12-03): handed out first, longest first. In file order the 3-minute team-stack test started among
-# the last and ran on alone at the end; the watchdog test mostly waits for its crash window, so the other
-# processes use the cores meanwhile.
-LONGEST_FIRST = {
-    "test_team_stack.py::test_the_pipeline_runs_on_the_team_stack_on_postgresql": 194,
-    "test_faults.py::test_killed_sweeps_and_runs_never_block_or_mislead_the_next_run_which_resumes": 182,
-    "test_deploy.py::test_work_pool_deployment_runs_through_a_worker": 149,
-    "test_multinode.py::test_a_dead_node_fails_the_flows_training_and_its_retry_resumes_on_both_nodes": 149,
-    "test_registry_lock.py::test_two_checkouts_on_one_prefect_server_register_one_after_the_other": 119,
-    "test_schedule.py::test_a_run_whose_machine_dies_is_marked_crashed_by_the_watchdog": 108,
-    "test_flows.py::test_training_pipeline_registers_a_champion_and_leaves_the_dvc_lock": 97,
-    "test_flow_failures.py::test_a_killed_training_task_is_retried_and_resumes_in_the_same_mlflow_run": 91,
-    "test_ssh_remote.py::test_the_flow_pushes_to_an_ssh_remote_and_another_checkout_pulls_the_same_bytes": 80,
-    "test_redaction.py::test_no_output_of_a_pipeline_names_the_password_or_the_token": 63,
-    "test_remote_tracking.py::test_pipeline_logs_and_registers_on_a_tracking_server": 58,
-    "test_sweep.py::test_sweep_flow_trains_each_candidate_as_an_experiment_and_registers_the_best": 58,
-    "test_sweep.py::test_parallel_sweep_runs_the_candidates_through_dvcs_queue": 55,
-}
-
-
-def _expected_seconds(item) -> float:
-    return LONGEST_FIRST.get(item.nodeid.removeprefix("tests/"), 0)
-
-
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first, the longest of them first (`LONGEST_FIRST`), the others in file order: with
-    `pytest -n`, a minutes-long test handed out last would run on alone while the other processes sit idle."""
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, -_expected_seconds(item)))
-    if not config.args or config.args == list(config.getini("testpaths")):  # the whole suite: no stale names
-        stale = set(LONGEST_FIRST) - {item.nodeid.removeprefix("tests/") for item in items}
-        if stale and not config.option.keyword and not config.option.markexpr:
-            raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names tests that do not exist: {sorted(stale)}")
+    """The slow tests first, the longest of them first (tests/ordering.py)."""
+    order(config, items)
 
 
 def shipped_params() -> dict:
@@ -260,44 +232,6 @@ def build_trained(root: Path, **section_overrides: dict):
     compute_ref_stats(build_extractor(p.eval), p.eval.num_real, p.eval.batch_size, lay.prepared_dir, lay.ref_stats_path)
     train(p, lay.prepared_dir, lay.models_dir, lay.root)
     return p, lay
-
-
-def copy_project(src: Path, dst: Path, stored_as: Path | None = None, ignore=None):
-    """A copy at `dst` of a project made by `build_trained`, its MLflow store included; returns its layout.
-
-    MLflow keeps absolute paths in its store (artifact locations, dataset sources): they are rewritten to
-    the copy's, so the copy never reads or writes the original's files. `stored_as`: the directory the
-    store was made in, when not `src` (a committed fixture store)."""
-    import sqlite3
-
-    from mlflow.tracking._tracking_service import utils as mlflow_utils
-
-    from ganpipe.core.paths import layout
-
-    src, dst = src.resolve(), dst.resolve()
-    shutil.copytree(src, dst, ignore=ignore)
-    src = stored_as or src
-    db = sqlite3.connect(dst / "mlflow.db")
-    try:
-        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        for table in tables:
-            for column in [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]:
-                for old, new in ((src.as_uri(), dst.as_uri()), (str(src), str(dst))):
-                    db.execute(
-                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                        f"""WHERE typeof("{column}") = 'text' AND instr("{column}", ?) > 0""",
-                        (old, new, old),
-                    )
-        db.commit()
-    finally:
-        db.close()
-    for f in dst.rglob("MLmodel"):  # a logged model's own record of where it was logged
-        f.write_text(f.read_text().replace(src.as_uri(), dst.as_uri()).replace(str(src), str(dst)))
-    stale = [f for f in dst.rglob("*") if f.is_file() and str(src).encode() in f.read_bytes()]
-    assert not stale, f"{stale} still name {src}: copy_project must rewrite them too"
-    # MLflow caches a run's artifact location by run id in this process; the copies share run ids.
-    mlflow_utils._artifact_repos_cache.clear()
-    return layout(dst)
 
 
 def _built_once(tmp_path_factory, name: str, **section_overrides: dict):
