@@ -41,7 +41,7 @@ def stage_env() -> dict[str, str]:
 # imported (0.2-0.6 s less each; `ganpipe run` runs ten). The fork leads a process group, and the client
 # passes its signals to the whole group: a Ctrl-C or `timeout` of the run reaches the stage processes a
 # `dvc repro` started, as it does cold. `dvc exp run` starts cold (its queue starts detached workers).
-WARM_DVC = frozenset({"status", "remote", "push", "pull", "fetch", "plots", "metrics", "params", "config", "repro"})
+WARM_DVC = frozenset({"status", "remote", "push", "plots", "repro"})  # the ones ganpipe runs
 WARM_DVC_EXP = frozenset({"show", "apply"})
 
 
