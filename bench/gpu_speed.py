@@ -98,15 +98,18 @@ def main() -> None:
             if compile_ and device.type != "cuda":
                 continue
             e, batch = engine_for(name, precision, compile_, device, args.smoke)
-            r = measure(
-                e, batch, CONFIGS[name][1], device, 2 if args.smoke else args.warmup, 3 if args.smoke else args.steps
-            )
+            try:
+                r = measure(
+                    e, batch, CONFIGS[name][1], device, 2 if args.smoke else args.warmup, 3 if args.smoke else args.steps
+                )
+            except Exception as exc:  # noqa: BLE001  a configuration that fails is a finding, not the end of the run
+                r = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
             r.update(
                 config=name,
                 precision=precision,
                 compile=compile_,
                 batch=batch,
-                peak_fraction=round(r["tflops_per_second"] / args.peak_tflops, 4),
+                peak_fraction=round(r["tflops_per_second"] / args.peak_tflops, 4) if "error" not in r else None,
             )
             print(json.dumps(r), flush=True)
             rows.append(r)
