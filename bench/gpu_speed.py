@@ -100,7 +100,12 @@ def main() -> None:
             e, batch = engine_for(name, precision, compile_, device, args.smoke)
             try:
                 r = measure(
-                    e, batch, CONFIGS[name][1], device, 2 if args.smoke else args.warmup, 3 if args.smoke else args.steps
+                    e,
+                    batch,
+                    CONFIGS[name][1],
+                    device,
+                    2 if args.smoke else args.warmup,
+                    3 if args.smoke else args.steps,
                 )
             except Exception as exc:  # noqa: BLE001  a configuration that fails is a finding, not the end of the run
                 r = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
