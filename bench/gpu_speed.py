@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="which of: " + ", ".join(CONFIGS))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on any device: checks the script runs")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     rows = []
-    for name in CONFIGS:
+    for name in args.configs.split(","):
         for precision, compile_ in (("fp32", False), ("bf16", False), ("bf16", True)):
             if compile_ and device.type != "cuda":
                 continue

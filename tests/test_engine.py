@@ -301,3 +301,18 @@ def test_fp16_with_several_critic_steps_and_penalties_runs_and_saves_both_scaler
     state = e.state_dict()
     assert set(state["scaler"]) == {"D", "G"}
     e.load_state_dict(state)
+
+
+def test_compile_leaves_a_spectrally_normalised_discriminator_eager(capsys):
+    """Compiled, a spectral-norm D fails its first backward (its power iteration changes a tensor the
+    compiled graph saved: pytorch/pytorch#185497, seen on CPU and CUDA); such a D runs eager, G compiled."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from ganpipe.nets.models import has_spectral_norm
+
+    resnet, dcgan = _engine("resnet", "hinge", compile=True), _engine("dcgan", "nonsaturating", compile=True)
+    assert has_spectral_norm(resnet.D) and not has_spectral_norm(dcgan.D)
+    assert resnet.D_run is resnet.D and resnet.D_plain is resnet.D and isinstance(resnet.G_run, OptimizedModule)
+    assert "D not (spectral norm" in capsys.readouterr().out
+    assert all(isinstance(f, OptimizedModule) for f in (dcgan.G_run, dcgan.D_run, dcgan.D_plain))
+    assert not isinstance(_engine("resnet", "hinge").G_run, OptimizedModule)  # compile off: nothing compiled

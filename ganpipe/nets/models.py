@@ -54,6 +54,19 @@ def build_discriminator(
     raise ValueError(f"unknown discriminator arch {arch!r} (allowed: {', '.join(DISCRIMINATORS)})")
 
 
+def has_spectral_norm(module: nn.Module) -> bool:
+    """Whether any layer of `module` is spectrally normalised (torch's spectral_norm parametrization)."""
+    from torch.nn.utils import parametrize
+
+    return any(
+        type(p).__name__ == "_SpectralNorm"
+        for m in module.modules()
+        if parametrize.is_parametrized(m)
+        for plist in m.parametrizations.values()
+        for p in plist
+    )
+
+
 def latents(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
     """One latent per seed, each from its own CPU generator: independent of batch size and device."""
     z = torch.empty(len(seeds), z_dim)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ganpipe.core.params import TrainParams
-from ganpipe.nets.models import build_discriminator, build_generator
+from ganpipe.nets.models import build_discriminator, build_generator, has_spectral_norm
 from ganpipe.training import losses
 from ganpipe.training.augment import diff_augment
 from ganpipe.training.state import Key
@@ -79,11 +79,19 @@ class Engine:
             G_run = DDP(self.G, device_ids=ids)
             D_run = DDP(self.D, device_ids=ids)
             self.G_ema.load_state_dict(self.G.state_dict())
+        # Spectral norm's power iteration updates its vectors in place at every forward; compiled, D's
+        # backward then finds a saved tensor changed by D's next forward (pytorch/pytorch#185497): such a
+        # D stays eager
+        compile_D = tp.compile and not has_spectral_norm(self.D)
+        if tp.compile and not compile_D:
+            print("train.compile: G compiled; D not (spectral norm, pytorch/pytorch#185497)", flush=True)
         if tp.compile:
-            G_run, D_run = torch.compile(G_run), torch.compile(D_run)
+            G_run = torch.compile(G_run)
+        if compile_D:
+            D_run = torch.compile(D_run)
         self.G_run, self.D_run = G_run, D_run
         # D as the generator's loss sees it: no DDP hooks (D's gradients are not wanted there)
-        self.D_plain: Callable = torch.compile(self.D) if tp.compile else self.D
+        self.D_plain: Callable = torch.compile(self.D) if compile_D else self.D
         # gradient penalties differentiate twice, which compiled graphs do not support
         self.D_penalty: Callable = self.D if tp.compile else D_run
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
