@@ -1,12 +1,18 @@
 """MLflow tracking set-up: where runs go and how stages attach to the training run.
 
 Default store: `sqlite:///<project>/mlflow.db` with artifacts under `<project>/mlartifacts`;
-`MLFLOW_TRACKING_URI` overrides. Nothing here runs at import time.
+`MLFLOW_TRACKING_URI` overrides. A project's new store starts as a copy of an empty store already
+migrated to the installed MLflow's schema, kept in ganpipe's cache: MLflow migrates a new SQLite store
+through its whole history of schema changes, about 2 s of CPU, once per machine instead of once per
+project. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 import subprocess
 import time
 import warnings
@@ -37,6 +43,8 @@ _URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 def configure(root: str | Path) -> str:
     """Point MLflow (tracking and registry) at the project's store; return the URI."""
     uri = tracking_uri(root)
+    if uri == f"sqlite:///{Path(root).resolve() / 'mlflow.db'}":
+        seed_store(Path(root).resolve() / "mlflow.db")
     before = {k: os.environ.get(k) for k in _URI_VARS}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -50,6 +58,47 @@ def configure(root: str | Path) -> str:
     if redact(uri) != uri:  # MLflow prints "View run at <URI>" links with the URI as given, password included
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return uri
+
+
+def seed_store(db: Path) -> None:
+    """Create the project's SQLite store `db`, unless it exists, as a copy of the migrated template; its
+    Default experiment's artifacts go where MLflow would have put them (`mlruns/0` beside the store)."""
+    if db.exists() or not db.parent.is_dir():  # no project directory: nothing to seed (MLflow would fail too)
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(_store_template(), tmp)
+        with contextlib.closing(sqlite3.connect(tmp)) as conn, conn:
+            conn.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                (str(db.parent / "mlruns" / "0"),),
+            )
+        os.link(tmp, db)  # never replaces a store another process created meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _store_template() -> Path:
+    """An empty MLflow SQLite store at the installed MLflow's schema head, built on first need."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from ganpipe.core.cache import cache_dir
+
+    template = cache_dir() / f"mlflow-store-{mlflow.__version__}.db"
+    if template.exists():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", str(template.parent / "mlruns"))  # creates and migrates
+        store.engine.dispose()
+        os.replace(tmp, template)  # whole or not at all; a concurrent builder's copy is the same
+    finally:
+        tmp.unlink(missing_ok=True)
+    return template
 
 
 def experiment_id(name: str, root: str | Path) -> str:
