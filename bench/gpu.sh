@@ -5,7 +5,7 @@
 # 2. images/s of DCGAN-64 and ResNet-32 in fp32, bf16 and bf16 + torch.compile, FLOP/s and the fraction
 #    of the GPU's bf16 peak (bench/gpu_speed.py);
 # 3. `ganpipe train` with the split in GPU memory vs streamed by a DataLoader (bench/data_scale.py).
-#   bash bench/gpu.sh [OUT_DIR]      (results: OUT_DIR, default bench/results)
+#   bash bench/gpu.sh [OUT_DIR]      (results: OUT_DIR, default bench/results; SKIP_TRAIN_SPEED=1 skips part 1)
 # Each part has its own time limit and a failed part does not stop the next (a lease is short).
 # The GPU machine has no package index: a Python that already has torch is used, and the packages it
 # lacks travel as wheels in .whl/ (installed into a temporary site directory).
