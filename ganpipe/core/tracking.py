@@ -43,9 +43,9 @@ _URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 def configure(root: str | Path) -> str:
     """Point MLflow (tracking and registry) at the project's store; return the URI."""
-    uri = tracking_uri(root)
-    if uri == f"sqlite:///{Path(root).resolve() / 'mlflow.db'}":
-        seed_store(Path(root).resolve() / "mlflow.db")
+    uri, db = tracking_uri(root), Path(root).resolve() / "mlflow.db"
+    if uri == f"sqlite:///{db}":  # the project's own store, not $MLFLOW_TRACKING_URI
+        seed_store(db)
     before = {k: os.environ.get(k) for k in _URI_VARS}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -75,10 +75,8 @@ def seed_store(db: Path) -> None:
                 (str(db.parent / "mlruns" / "0"),),
             )
         os.link(tmp, db)  # never replaces a store another process created meanwhile
-    except FileExistsError:
-        pass
-    except (OSError, sqlite3.Error):  # no writable cache, a damaged template: MLflow creates the store itself
-        pass
+    except (OSError, sqlite3.Error):  # that store (FileExistsError), no writable cache, a damaged template:
+        pass  # MLflow opens or creates the store itself
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -88,19 +86,14 @@ def _store_template() -> Path:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     from ganpipe.core.cache import cache_dir
+    from ganpipe.core.io import atomic_path
 
     template = cache_dir() / f"mlflow-store-{mlflow.__version__}.db"
     if template.exists():
         return template
-    template.parent.mkdir(parents=True, exist_ok=True)
-    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
-    try:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(template) as tmp:  # whole or not at all; a concurrent builder's copy is the same
         store = SqlAlchemyStore(f"sqlite:///{tmp}", str(template.parent / "mlruns"))  # creates and migrates
         store.engine.dispose()
-        os.replace(tmp, template)  # whole or not at all; a concurrent builder's copy is the same
-    finally:
-        tmp.unlink(missing_ok=True)
     return template
 
 
