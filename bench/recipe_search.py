@@ -43,6 +43,8 @@ RECIPES: dict[str, dict] = {
     "lr-4e-4-seed-1": {"train.lr": 0.0004, "base.seed": 1},
     "lr-8e-4": {"train.lr": 0.0008},
     "lr-4e-4-no-color": {"train.lr": 0.0004, "train.augment_policy": ["translation", "cutout"]},
+    "lr-4e-4-no-color-seed-1": {"train.lr": 0.0004, "train.augment_policy": ["translation", "cutout"], "base.seed": 1},
+    "lr-4e-4-translation": {"train.lr": 0.0004, "train.augment_policy": ["translation"]},
     "adam-0-0.99": {"train.beta1": 0.0, "train.beta2": 0.99},
     "hinge": {"train.loss": "hinge"},
     "lsgan": {"train.loss": "lsgan"},

@@ -52,6 +52,7 @@ TINY_OVERRIDES = {
     "model": {"z_dim": 16, "g_channels": 8, "d_channels": 8},
     "train": {
         "batch_size": 32,
+        "lr": 0.0002,  # the tests' tiny runs keep the rate they were written with (params.yaml's is for 200 kimg)
         "total_kimg": 0.256,
         "snapshot_kimg": 0.128,
         "log_every_steps": 2,
