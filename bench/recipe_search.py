@@ -15,7 +15,6 @@ random streams: `seed-1` shows how far a seed alone moves the scores).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -62,9 +61,9 @@ RECIPES: dict[str, dict] = {
 
 
 def recipe_params(name: str, kimg: float | None, weights: str | None, bootstrap: int | None) -> dict:
-    import yaml
+    from loss_compare import shipped_params
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = shipped_params()
     changes = {**RECIPES[name], "train.precision": "fp32"}
     if kimg is not None:
         changes["train.total_kimg"] = kimg
@@ -72,7 +71,6 @@ def recipe_params(name: str, kimg: float | None, weights: str | None, bootstrap:
         changes["eval.inception_weights"] = weights
     if bootstrap is not None:
         changes["eval.bootstrap"] = bootstrap
-    raw = copy.deepcopy(raw)
     for key, value in changes.items():
         section, field = key.split(".")
         raw[section][field] = value
